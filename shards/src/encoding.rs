@@ -1,0 +1,1 @@
+//! Parquet encoding choices for record files (filled in by the schemas work).

@@ -1,0 +1,11 @@
+//! Shards: where the labeler's output meets the trainer's input.
+//!
+//! This crate owns everything about *files* of records: opening stores by URL, freezing an image store
+//! into a sorted input manifest, the deterministic shard plan, Parquet encoding choices, and the
+//! commit protocol (attempt-unique data files, a manifest written with put-if-absent). It knows the
+//! record schema from `schemas` but nothing about teachers or students.
+
+pub mod encoding;
+pub mod store;
+
+pub use store::{open, Location, OpenError};
