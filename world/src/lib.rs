@@ -1,1 +1,46 @@
-//! world
+//! A synthetic world with exact ground truth, so the whole MuST pipeline can be tested without data.
+//!
+//! A level pinhole camera looks over a ground plane under a sky; the background picks one of eight
+//! scene classes, and up to five objects of five categories stand on the plane. [`render`] turns
+//! `(config, split, index)` into a [`Scene`]: the image plus its scene class, boxes, per-pixel
+//! segmentation and metric depth, and the camera intrinsics. Rendering is a pure function of its
+//! arguments, so every test, teacher and student sees the same world from a seed alone.
+//!
+//! [`write_store`] writes splits of scenes to any `object_store` location in the layout documented in
+//! the `store` module, which other crates and the Python teacher script read; [`read_manifest`],
+//! [`read_truth`] and [`decode_truth`] read it back.
+//!
+//! ```
+//! use world::{render, Split, WorldConfig, SEG_CLASSES};
+//!
+//! let cfg = WorldConfig::try_new(7, 64, 64)?;
+//! let scene = render(&cfg, Split::Eval, 0);
+//! assert_eq!(scene.seg.len(), 64 * 64);
+//! assert!(scene.seg.iter().all(|&s| (s as usize) < SEG_CLASSES.len()));
+//! # Ok::<(), world::WorldError>(())
+//! ```
+
+mod camera;
+mod codec;
+mod config;
+mod error;
+mod preview;
+mod render;
+mod store;
+mod texture;
+
+pub use camera::{normals_from_depth, Intrinsics};
+pub use codec::{
+    decode_truth, encode_depth_png, encode_scene, encode_seg_png, EncodedScene, ImageKind, Truth, TruthRecord,
+};
+pub use config::{
+    Split, SplitCounts, WorldConfig, DEPTH_PNG_SCALE, FAR_GROUND_DEPTH, MAX_DEPTH, MAX_SPLIT_COUNT, OBJECT_CLASSES,
+    SCENE_CLASSES, SEG_CLASSES, SEG_FIRST_OBJECT, SEG_GROUND, SEG_SKY, TASKS,
+};
+pub use error::WorldError;
+pub use preview::{preview, SEG_PALETTE};
+pub use render::{render, GtBox, Scene, MAX_OBJECTS, MIN_BOX_PIXELS, MIN_VISIBLE_FRACTION};
+pub use store::{
+    depth_path, image_path, read_image, read_manifest, read_truth, seg_path, truth_path, write_store, SplitInfo,
+    SplitSummary, SplitTable, WorldManifest, WriteSummary, MANIFEST_FILE, STORE_VERSION,
+};

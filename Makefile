@@ -1,0 +1,88 @@
+# One entry point for people and CI. Everything that needs libtorch or ONNX Runtime depends on `setup`,
+# which installs both from PyPI into a project-local virtualenv (.venv). Nothing has to be exported by hand:
+# the variables below point the build at that environment, and build scripts embed the library paths.
+
+SHELL := /bin/bash
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-stamp
+CARGO ?= cargo
+PROFILE_FLAGS := --release
+BIN := $(ROOT)/target/release
+
+# torch-sys finds libtorch through the venv's python3; build scripts and tests find the venv through MUST_PYTHON.
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export MUST_PYTHON := $(PY)
+
+# The built-in example.
+WORLD ?= $(ROOT)/out/world
+LABEL_CONFIG ?= $(ROOT)/configs/demo-label.toml
+SHARDS_OUT ?= $(ROOT)/out/shards
+SHARD ?= 0
+NUM_SHARDS ?= 4
+
+.PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train bench bench-label bench-train clean-out
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): tools/requirements.txt
+	@command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	@$(PY) -c "import torch, onnxruntime; print('setup: torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
+	@touch $@
+
+build: setup
+	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins
+
+test: setup
+	$(CARGO) test $(PROFILE_FLAGS) --workspace
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy: setup
+	$(CARGO) clippy $(PROFILE_FLAGS) --workspace --all-targets -- -D warnings
+
+check: fmt clippy test
+
+world: build
+	$(BIN)/world --out $(WORLD)
+
+# Train the demo teachers from scratch (minutes on CPU). Their ONNX files are committed; this re-makes them.
+teachers: setup world
+	$(PY) tools/teachers/train_teachers.py --store $(WORLD) --out tools/teachers/onnx
+
+$(WORLD)/world.json:
+	$(MAKE) build
+	$(BIN)/world --out $(WORLD)
+
+probe: build
+	$(BIN)/labeler probe --config $(LABEL_CONFIG)
+
+# Freeze the input manifest once; every shard job reads it.
+plan: build $(WORLD)/world.json
+	$(BIN)/labeler plan --config $(LABEL_CONFIG) --output $(SHARDS_OUT)
+
+# One shard is one batch job: `make label SHARD=k [NUM_SHARDS=N]`. Plans first if nothing is planned yet.
+label: build $(WORLD)/world.json
+	$(BIN)/labeler run --config $(LABEL_CONFIG) --output $(SHARDS_OUT) --shard $(SHARD) --num-shards $(NUM_SHARDS) --plan-if-missing
+
+label-all: build $(WORLD)/world.json
+	@for k in $$(seq 0 $$(($(NUM_SHARDS) - 1))); do \
+	  $(BIN)/labeler run --config $(LABEL_CONFIG) --output $(SHARDS_OUT) --shard $$k --num-shards $(NUM_SHARDS) --plan-if-missing || exit 1; \
+	done
+	$(BIN)/labeler status --output $(SHARDS_OUT)
+
+render: build
+	$(BIN)/labeler render --output $(SHARDS_OUT) --to $(ROOT)/out/render --count 12
+
+demo: build $(WORLD)/world.json
+	$(BIN)/labeler probe --config $(LABEL_CONFIG)
+	$(MAKE) label-all
+	$(MAKE) render
+
+clean-out:
+	rm -rf $(ROOT)/out
