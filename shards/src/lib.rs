@@ -5,7 +5,16 @@
 //! commit protocol (attempt-unique data files, a manifest written with put-if-absent). It knows the
 //! record schema from `schemas` but nothing about teachers or students.
 
+mod commit;
 pub mod encoding;
+pub mod inputs;
+mod read;
 pub mod store;
+
+pub use commit::{
+    committed_manifests, encode_parquet, read_manifest, remove_orphans, CommitError, CommitOutcome, ShardCommitter,
+    ShardId,
+};
+pub use read::{open_file, read_all, ObjectReader, OpenedFile, ReadError};
 
 pub use store::{open, Location, OpenError};

@@ -26,36 +26,28 @@ pub struct Location {
 
 impl fmt::Debug for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Location")
-            .field("display", &self.display)
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("Location").field("display", &self.display).field("prefix", &self.prefix).finish()
     }
 }
 
 impl Location {
     /// Wrap an existing store (tests, fault injection) under a prefix.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Self {
-        Self {
-            store,
-            prefix: Path::from(prefix),
-            display: display.to_owned(),
-        }
+        Self { store, prefix: Path::from(prefix), display: display.to_owned() }
     }
 
     /// The path of `relative` (slash-separated) under this location's prefix.
     pub fn child(&self, relative: &str) -> Path {
         let mut path = self.prefix.clone();
         for part in relative.split('/').filter(|p| !p.is_empty()) {
-            path = path.child(part);
+            path = path.join(part);
         }
         path
     }
 
     /// The part of `path` after this location's prefix, slash-separated.
     pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
-        path.prefix_match(&self.prefix)
-            .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"))
+        path.prefix_match(&self.prefix).map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"))
     }
 
     /// A URL-ish name of `path` for provenance and messages.
@@ -99,31 +91,15 @@ pub fn open(location: &str) -> Result<Location, OpenError> {
             reason: format!("cannot create directory: {e}"),
         })?;
         let store = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|source| OpenError::Local {
-                location: location.to_owned(),
-                source,
-            })?
+            .map_err(|source| OpenError::Local { location: location.to_owned(), source })?
             .with_fsync(true);
-        return Ok(Location {
-            store: Arc::new(store),
-            prefix: Path::default(),
-            display: location.to_owned(),
-        });
+        return Ok(Location { store: Arc::new(store), prefix: Path::default(), display: location.to_owned() });
     }
-    let url = Url::parse(location).map_err(|e| OpenError::Invalid {
-        location: location.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let url = Url::parse(location)
+        .map_err(|e| OpenError::Invalid { location: location.to_owned(), reason: e.to_string() })?;
     let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars())
-        .map_err(|source| OpenError::Store {
-            location: location.to_owned(),
-            source,
-        })?;
-    Ok(Location {
-        store: Arc::from(store),
-        prefix,
-        display: location.trim_end_matches('/').to_owned(),
-    })
+        .map_err(|source| OpenError::Store { location: location.to_owned(), source })?;
+    Ok(Location { store: Arc::from(store), prefix, display: location.trim_end_matches('/').to_owned() })
 }
 
 #[cfg(test)]

@@ -1,0 +1,209 @@
+//! `labeler`: plan, label and inspect shards of pseudo labels. Thin: parse flags, load the validated
+//! config, call the library, print `{error:#}` and exit non-zero on failure.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use labeler::config::LabelConfig;
+use labeler::pipeline::{self, Progress, ShardOutcome};
+use shards::ShardId;
+
+#[derive(Parser)]
+#[command(name = "labeler", version, about = "Label an image store with teacher models into Parquet shards (MuST)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Freeze the inputs of every dataset into a sorted input manifest under the output location.
+    Plan {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Label one shard and commit it (a no-op if it is already committed).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Shard index k (default: from the batch engine's variables).
+        #[arg(long)]
+        shard: Option<u64>,
+        /// Number of shards N (default: from the batch engine's variables).
+        #[arg(long)]
+        num_shards: Option<u64>,
+        #[arg(long)]
+        output: Option<String>,
+        /// Freeze the inputs first if no input manifest exists yet.
+        #[arg(long)]
+        plan_if_missing: bool,
+        /// Write the shard's stats as JSON to this file.
+        #[arg(long)]
+        stats_json: Option<PathBuf>,
+    },
+    /// Load every teacher, check it against its spec and print its inputs and outputs.
+    Probe {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List committed shards under an output location.
+    Status {
+        #[arg(long)]
+        output: String,
+    },
+    /// Delete data files that no committed manifest names (leftovers of failed attempts).
+    Janitor {
+        #[arg(long)]
+        output: String,
+    },
+    /// Render images with their labels (boxes, mask, depth) side by side to PNG files.
+    Render {
+        #[arg(long)]
+        output: String,
+        /// Directory for the PNG files.
+        #[arg(long)]
+        to: PathBuf,
+        /// How many images.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+    },
+}
+
+struct Bar(ProgressBar);
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+struct LogProgress {
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+impl Progress for LogProgress {
+    fn start(&self, total: u64) {
+        self.total.store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn advance(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.done.fetch_add(n, Relaxed);
+        let total = self.total.load(Relaxed).max(1);
+        // A log line every 10%.
+        if (before * 10 / total) != ((before + n) * 10 / total) {
+            tracing::info!(done = before + n, total, "progress");
+        }
+    }
+}
+
+fn attempt_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("attempt-{nanos:x}-{:x}", std::process::id())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Plan { config, output } => {
+            let cfg = LabelConfig::load(&config, output.as_deref())?;
+            let index = pipeline::plan(&cfg)?;
+            println!("planned {} inputs in {} part(s) under {}/inputs (sha256 {})", index.total, index.parts.len(), cfg.output, index.sha256);
+        }
+        Command::Run { config, shard, num_shards, output, plan_if_missing, stats_json } => {
+            let cfg = LabelConfig::load(&config, output.as_deref())?;
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let assignment = labeler::engine::resolve(shard, num_shards, &env)?;
+            let shard = ShardId { index: assignment.index, count: assignment.count };
+            let attempt = attempt_id();
+            tracing::info!(shard = %shard, from = %assignment.source, engine_attempt = ?assignment.engine_attempt, attempt, "starting");
+            if plan_if_missing {
+                let out = shards::open(&cfg.output)?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                if rt.block_on(shards::inputs::read_index(&out)).is_err() {
+                    let index = pipeline::plan(&cfg)?;
+                    tracing::info!(inputs = index.total, "froze the input manifest");
+                }
+            }
+            let bar: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+                let pb = ProgressBar::new(0);
+                pb.set_style(ProgressStyle::with_template("{spinner} shard {msg} [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")?);
+                pb.set_message(shard.to_string());
+                Box::new(Bar(pb))
+            } else {
+                Box::new(LogProgress { done: 0.into(), total: 0.into() })
+            };
+            let outcome = pipeline::run_shard(&cfg, shard, &attempt, bar.as_ref())?;
+            match outcome {
+                ShardOutcome::AlreadyCommitted { manifest } => {
+                    println!("shard {shard} was already committed by {}; nothing to do", manifest.attempt);
+                }
+                ShardOutcome::Committed { manifest, stats } | ShardOutcome::LostRace { manifest, stats } => {
+                    let won = manifest.attempt == attempt;
+                    println!(
+                        "shard {shard} {}: {} inputs -> {} labelled, {} errors {:?}; {:.1} images/s over {:.1} s",
+                        if won { "committed" } else { "was committed by another attempt meanwhile" },
+                        stats.inputs, stats.labelled, stats.errors, stats.errors_by_reason, stats.images_per_second, stats.wall_seconds
+                    );
+                    let stages: Vec<String> = stats.stage_seconds.iter().map(|(k, v)| format!("{k} {v:.2}s")).collect();
+                    println!("stage busy time: {}", stages.join(", "));
+                    if let Some(path) = stats_json {
+                        std::fs::write(&path, serde_json::to_vec_pretty(&stats)?).with_context(|| format!("writing {}", path.display()))?;
+                    }
+                }
+            }
+        }
+        Command::Probe { config } => {
+            let cfg = LabelConfig::load(&config, None)?;
+            for entry in &cfg.teachers {
+                let t = labeler::teacher::Teacher::load(&entry.spec, &entry.file, cfg.run.provider, 1)?;
+                println!("{} ({:?}) {} sha256 {}", entry.spec.name, entry.spec.task, entry.spec.model.display(), &t.model_sha256()[..16]);
+                println!("    {}", t.describe());
+            }
+        }
+        Command::Status { output } => {
+            let out = shards::open(&output)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let manifests = rt.block_on(shards::committed_manifests(&out))?;
+            let (mut rows, mut errors) = (0, 0);
+            for (uri, m) in &manifests {
+                println!("{uri}: shard {}/{} labelled {} errors {} files {}", m.shard, m.num_shards, m.counts.labelled_rows, m.counts.error_rows, m.files.len());
+                rows += m.counts.labelled_rows;
+                errors += m.counts.error_rows;
+            }
+            println!("{} committed shard(s): {rows} labelled rows, {errors} error rows", manifests.len());
+        }
+        Command::Janitor { output } => {
+            let out = shards::open(&output)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let removed = rt.block_on(shards::remove_orphans(&out))?;
+            println!("removed {removed} orphaned data file(s)");
+        }
+        Command::Render { output, to, count } => {
+            let written = labeler::render::render_shards(&output, &to, count)?;
+            for p in written {
+                println!("{}", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MUST_LOG").unwrap_or_else(|_| "info,ort=warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

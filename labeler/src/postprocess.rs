@@ -1,0 +1,310 @@
+//! Pseudo-label rules (MuST §3.1), as pure functions over teacher outputs.
+//!
+//! - classification: the whole distribution (softmax of logits, optionally with a temperature);
+//! - detection: boxes with score ≥ the threshold, mapped back to normalised coordinates of the original
+//!   image, with class-aware NMS for raw (YOLO) outputs;
+//! - segmentation: per-pixel argmax of the (scale-averaged) probabilities; pixels whose max probability is
+//!   below the threshold get the ignore label 255;
+//! - depth: the prediction as it is, cropped to the part of the input that shows the image.
+
+use crate::preprocess::Transform;
+use crate::spec::ScoreKind;
+
+/// The ignore label of segmentation masks.
+pub const IGNORE: u8 = 255;
+
+/// A box in normalised original-image coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+    pub class_id: u16,
+    pub score: f32,
+}
+
+/// Soft class distribution from a model's class scores.
+pub fn class_distribution(scores: &[f32], kind: ScoreKind, temperature: f32) -> Vec<f32> {
+    let mut out: Vec<f32> = match kind {
+        ScoreKind::Logits => {
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            scores.iter().map(|&s| ((s - max) / temperature).exp()).collect()
+        }
+        ScoreKind::Probabilities => {
+            scores.iter().map(|&p| if temperature == 1.0 { p.max(0.0) } else { p.max(0.0).powf(1.0 / temperature) }).collect()
+        }
+    };
+    let sum: f32 = out.iter().sum();
+    if sum > 0.0 && sum.is_finite() {
+        out.iter_mut().for_each(|p| *p /= sum);
+    }
+    out
+}
+
+/// In-place softmax over the class axis of a `[C, H·W]` plane set.
+pub fn softmax_planes(planes: &mut [f32], classes: usize) {
+    let n = planes.len() / classes;
+    for i in 0..n {
+        let mut max = f32::NEG_INFINITY;
+        for c in 0..classes {
+            max = max.max(planes[c * n + i]);
+        }
+        let mut sum = 0.0;
+        for c in 0..classes {
+            let e = (planes[c * n + i] - max).exp();
+            planes[c * n + i] = e;
+            sum += e;
+        }
+        for c in 0..classes {
+            planes[c * n + i] /= sum;
+        }
+    }
+}
+
+/// Bilinear resampling of `[channels, sh, sw]` planes over the source rectangle `rect` (source pixels,
+/// `[x0, y0, x1, y1]`) onto a `dw`×`dh` grid, sampling at pixel centres.
+pub fn resample(src: &[f32], channels: usize, sw: usize, sh: usize, rect: [f32; 4], dw: usize, dh: usize) -> Vec<f32> {
+    let [x0, y0, x1, y1] = rect;
+    let fx = (x1 - x0) / dw as f32;
+    let fy = (y1 - y0) / dh as f32;
+    let mut xs = Vec::with_capacity(dw);
+    for x in 0..dw {
+        let sx = (x0 + (x as f32 + 0.5) * fx - 0.5).clamp(0.0, (sw - 1) as f32);
+        let l = sx.floor() as usize;
+        xs.push((l, (l + 1).min(sw - 1), sx - l as f32));
+    }
+    let mut out = vec![0f32; channels * dw * dh];
+    for c in 0..channels {
+        let plane = &src[c * sw * sh..(c + 1) * sw * sh];
+        for y in 0..dh {
+            let sy = (y0 + (y as f32 + 0.5) * fy - 0.5).clamp(0.0, (sh - 1) as f32);
+            let t = sy.floor() as usize;
+            let b = (t + 1).min(sh - 1);
+            let wy = sy - t as f32;
+            let row_t = &plane[t * sw..(t + 1) * sw];
+            let row_b = &plane[b * sw..(b + 1) * sw];
+            let dst = &mut out[(c * dh + y) * dw..(c * dh + y + 1) * dw];
+            for (d, &(l, r, wx)) in dst.iter_mut().zip(&xs) {
+                let top = row_t[l] + (row_t[r] - row_t[l]) * wx;
+                let bot = row_b[l] + (row_b[r] - row_b[l]) * wx;
+                *d = top + (bot - top) * wy;
+            }
+        }
+    }
+    out
+}
+
+/// Output grid for a dense prediction: the input-pixel rectangle showing the image, and its size.
+pub fn dense_grid(t: &Transform) -> ([f32; 4], usize, usize) {
+    let rect = t.content_rect();
+    let w = ((rect[2] - rect[0]).round() as usize).max(1);
+    let h = ((rect[3] - rect[1]).round() as usize).max(1);
+    (rect, w, h)
+}
+
+/// Segmentation mask from averaged class probabilities `[C, h·w]`.
+pub fn mask_from_probabilities(probs: &[f32], classes: usize, threshold: f32) -> Vec<u8> {
+    let n = probs.len() / classes;
+    (0..n)
+        .map(|i| {
+            let (mut best, mut best_p) = (0usize, f32::NEG_INFINITY);
+            for c in 0..classes {
+                let p = probs[c * n + i];
+                if p > best_p {
+                    best = c;
+                    best_p = p;
+                }
+            }
+            if best_p < threshold {
+                IGNORE
+            } else {
+                best as u8
+            }
+        })
+        .collect()
+}
+
+fn iou(a: &Detection, b: &Detection) -> f32 {
+    let iw = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
+    let ih = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
+    let inter = iw * ih;
+    let union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Class-aware greedy NMS; input in any order, output sorted by score (descending), at most `max`.
+pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32, max: usize) -> Vec<Detection> {
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.class_id.cmp(&b.class_id)));
+    let mut keep: Vec<Detection> = Vec::new();
+    for d in dets {
+        if keep.len() >= max {
+            break;
+        }
+        if keep.iter().all(|k| k.class_id != d.class_id || iou(k, &d) <= iou_threshold) {
+            keep.push(d);
+        }
+    }
+    keep
+}
+
+/// Map an input-pixel box to a normalised original-image box, clipped to [0,1]; `None` if it vanishes.
+pub fn to_original(t: &Transform, b: [f32; 4], class_id: u16, score: f32) -> Option<Detection> {
+    let x0 = t.x_to_norm(b[0]).clamp(0.0, 1.0);
+    let y0 = t.y_to_norm(b[1]).clamp(0.0, 1.0);
+    let x1 = t.x_to_norm(b[2]).clamp(0.0, 1.0);
+    let y1 = t.y_to_norm(b[3]).clamp(0.0, 1.0);
+    if !(x1 > x0 && y1 > y0) || !score.is_finite() {
+        return None;
+    }
+    Some(Detection { x0, y0, x1, y1, class_id, score: score.clamp(0.0, 1.0) })
+}
+
+/// Detections from a torchvision-style output: `boxes [K,4]` xyxy input pixels, labels and scores `[K]`.
+/// Labels outside `0..classes` after `label_offset` are reported in the second return value.
+#[allow(clippy::too_many_arguments)]
+pub fn from_boxes_labels_scores(
+    t: &Transform,
+    boxes: &[f32],
+    labels: &[i64],
+    scores: &[f32],
+    label_offset: i64,
+    classes: usize,
+    threshold: f32,
+    max: usize,
+) -> (Vec<Detection>, usize) {
+    let mut out = Vec::new();
+    let mut bad_labels = 0;
+    for (i, (&label, &score)) in labels.iter().zip(scores).enumerate() {
+        if score < threshold {
+            continue;
+        }
+        let class = label + label_offset;
+        if class < 0 || class as usize >= classes {
+            bad_labels += 1;
+            continue;
+        }
+        let b = [boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]];
+        if let Some(d) = to_original(t, b, class as u16, score) {
+            out.push(d);
+        }
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out.truncate(max);
+    (out, bad_labels)
+}
+
+/// Detections from a raw YOLO head `[4+nc, A]` (cx, cy, w, h in input pixels, then class scores):
+/// best class per anchor, threshold, class-aware NMS.
+pub fn from_yolo_raw(
+    t: &Transform,
+    out: &[f32],
+    classes: usize,
+    anchors: usize,
+    threshold: f32,
+    iou_threshold: f32,
+    max: usize,
+) -> Vec<Detection> {
+    let mut dets = Vec::new();
+    for a in 0..anchors {
+        let (mut best, mut best_s) = (0usize, f32::NEG_INFINITY);
+        for c in 0..classes {
+            let s = out[(4 + c) * anchors + a];
+            if s > best_s {
+                best = c;
+                best_s = s;
+            }
+        }
+        if best_s < threshold {
+            continue;
+        }
+        let (cx, cy, w, h) = (out[a], out[anchors + a], out[2 * anchors + a], out[3 * anchors + a]);
+        let b = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
+        if let Some(d) = to_original(t, b, best as u16, best_s) {
+            dets.push(d);
+        }
+    }
+    nms(dets, iou_threshold, max)
+}
+
+/// Detections from a YOLO export with NMS `[K, 6]`: x0, y0, x1, y1, score, class.
+pub fn from_yolo_nms(t: &Transform, out: &[f32], classes: usize, threshold: f32, max: usize) -> Vec<Detection> {
+    let mut dets: Vec<Detection> = out
+        .chunks_exact(6)
+        .filter(|r| r[4] >= threshold && r[5] >= 0.0 && (r[5] as usize) < classes)
+        .filter_map(|r| to_original(t, [r[0], r[1], r[2], r[3]], r[5] as u16, r[4]))
+        .collect();
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    dets.truncate(max);
+    dets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(w: u32, h: u32) -> Transform {
+        Transform { scale_x: w as f32, scale_y: h as f32, offset_x: 0.0, offset_y: 0.0, width: w, height: h }
+    }
+
+    #[test]
+    fn softmax_with_temperature() {
+        let p = class_distribution(&[0.0, 0.0, (2.0f32).ln()], ScoreKind::Logits, 1.0);
+        assert!((p[2] - 0.5).abs() < 1e-6 && (p[0] - 0.25).abs() < 1e-6);
+        let hot = class_distribution(&[0.0, 10.0], ScoreKind::Logits, 100.0);
+        assert!(hot[1] < 0.6, "high temperature flattens: {hot:?}");
+        let q = class_distribution(&[0.2, 0.8], ScoreKind::Probabilities, 1.0);
+        assert_eq!(q, vec![0.2, 0.8]);
+    }
+
+    #[test]
+    fn low_confidence_pixels_are_ignored() {
+        // Two classes, three pixels: confident 0, confident 1, a 0.45/0.55 split with a 0.6 threshold.
+        let probs = [0.9, 0.2, 0.45, 0.1, 0.8, 0.55];
+        assert_eq!(mask_from_probabilities(&probs, 2, 0.6), vec![0, 1, IGNORE]);
+        assert_eq!(mask_from_probabilities(&probs, 2, 0.5), vec![0, 1, 1]);
+    }
+
+    #[test]
+    fn threshold_is_inclusive_and_labels_are_offset() {
+        let t = ident(100, 100);
+        let boxes = [10.0, 10.0, 50.0, 50.0, 0.0, 0.0, 10.0, 10.0, 0.0, 0.0, 5.0, 5.0];
+        let (d, bad) = from_boxes_labels_scores(&t, &boxes, &[1, 2, 9], &[0.5, 0.49, 0.9], -1, 3, 0.5, 100);
+        assert_eq!(bad, 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].class_id, 0);
+        assert!((d[0].x0 - 0.1).abs() < 1e-6 && (d[0].x1 - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nms_is_class_aware() {
+        let a = Detection { x0: 0.0, y0: 0.0, x1: 0.5, y1: 0.5, class_id: 0, score: 0.9 };
+        let b = Detection { score: 0.8, ..a };
+        let c = Detection { class_id: 1, score: 0.7, ..a };
+        let kept = nms(vec![c, b, a], 0.5, 10);
+        assert_eq!(kept, vec![a, c]);
+    }
+
+    #[test]
+    fn yolo_raw_decodes_and_undoes_letterbox() {
+        // One anchor, two classes, letterbox of a 200x100 image into 64x64 (offset_y 16, scale 64x32).
+        let t = Transform { scale_x: 64.0, scale_y: 32.0, offset_x: 0.0, offset_y: 16.0, width: 64, height: 64 };
+        let out = [32.0, 32.0, 32.0, 16.0, 0.1, 0.9];
+        let d = from_yolo_raw(&t, &out, 2, 1, 0.5, 0.6, 10);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].class_id, 1);
+        assert!((d[0].x0 - 0.25).abs() < 1e-6 && (d[0].y0 - 0.25).abs() < 1e-6 && (d[0].y1 - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resample_identity_and_crop() {
+        let src: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        assert_eq!(resample(&src, 1, 4, 4, [0.0, 0.0, 4.0, 4.0], 4, 4), src);
+        let half = resample(&src, 1, 4, 4, [0.0, 0.0, 4.0, 2.0], 4, 2);
+        assert_eq!(half, src[..8].to_vec());
+    }
+}

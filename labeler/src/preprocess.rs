@@ -1,0 +1,256 @@
+//! Turning a decoded image into a teacher's input tensor, and mapping predictions back.
+//!
+//! Each resize policy records a `Transform` from input-tensor pixels to normalised coordinates of the
+//! original image, so boxes from a letterboxed or cropped input land on the right place of the original,
+//! and dense outputs (masks, depth) can be resampled back to the region of the original they cover.
+
+use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+use crate::spec::{ColorOrder, Filter, Resize, TeacherSpec};
+
+/// Maps input-tensor pixel coordinates to normalised original-image coordinates:
+/// `x_norm = (x_in - offset_x) / scale_x` and likewise for y.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transform {
+    /// Input pixels per normalised unit of the original, x.
+    pub scale_x: f32,
+    /// Input pixels per normalised unit of the original, y.
+    pub scale_y: f32,
+    /// Input-pixel x of the original's left edge (positive: padding, negative: cropped away).
+    pub offset_x: f32,
+    /// Input-pixel y of the original's top edge.
+    pub offset_y: f32,
+    /// Input tensor width.
+    pub width: u32,
+    /// Input tensor height.
+    pub height: u32,
+}
+
+impl Transform {
+    /// Input-pixel x → normalised original x.
+    pub fn x_to_norm(&self, x: f32) -> f32 {
+        (x - self.offset_x) / self.scale_x
+    }
+    /// Input-pixel y → normalised original y.
+    pub fn y_to_norm(&self, y: f32) -> f32 {
+        (y - self.offset_y) / self.scale_y
+    }
+    /// The input-pixel rectangle `[x0, y0, x1, y1]` covered by the original image (clipped to the input).
+    pub fn content_rect(&self) -> [f32; 4] {
+        let x0 = self.offset_x.max(0.0);
+        let y0 = self.offset_y.max(0.0);
+        let x1 = (self.offset_x + self.scale_x).min(self.width as f32);
+        let y1 = (self.offset_y + self.scale_y).min(self.height as f32);
+        [x0, y0, x1, y1]
+    }
+}
+
+/// One preprocessed image: CHW f32 planes plus the transform back.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `3·height·width` values, channel-major.
+    pub chw: Vec<f32>,
+    pub transform: Transform,
+}
+
+/// Why preprocessing failed.
+#[derive(Debug, thiserror::Error)]
+#[error("resizing {from_w}x{from_h} to {to_w}x{to_h}: {message}")]
+pub struct PreprocessError {
+    pub from_w: u32,
+    pub from_h: u32,
+    pub to_w: u32,
+    pub to_h: u32,
+    pub message: String,
+}
+
+fn algorithm(filter: Filter) -> ResizeAlg {
+    match filter {
+        Filter::Nearest => ResizeAlg::Nearest,
+        Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+        Filter::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+    }
+}
+
+fn round_to_multiple(v: f32, m: u32) -> u32 {
+    (((v / m as f32).round() as u32).max(1)) * m
+}
+
+/// The input size `[h, w]` the spec gives an image of `w`×`h` at multi-scale factor `scale`.
+pub fn input_size_for(spec: &TeacherSpec, w: u32, h: u32, scale: f32) -> [u32; 2] {
+    match spec.resize {
+        Resize::KeepAspect { longer, multiple } => {
+            let s = longer as f32 * scale / w.max(h) as f32;
+            [round_to_multiple(h as f32 * s, multiple), round_to_multiple(w as f32 * s, multiple)]
+        }
+        Resize::Original => [((h as f32 * scale).round() as u32).max(1), ((w as f32 * scale).round() as u32).max(1)],
+        _ => {
+            let [ih, iw] = spec.input_size;
+            if (scale - 1.0).abs() < 1e-6 {
+                [ih, iw]
+            } else {
+                [((ih as f32 * scale).round() as u32).max(1), ((iw as f32 * scale).round() as u32).max(1)]
+            }
+        }
+    }
+}
+
+/// Preprocess `img` for `spec` at multi-scale factor `scale` (1.0 for single-scale teachers).
+pub fn prepare(
+    img: &RgbImage,
+    spec: &TeacherSpec,
+    scale: f32,
+    resizer: &mut Resizer,
+) -> Result<Prepared, PreprocessError> {
+    let (w, h) = img.dimensions();
+    let [ih, iw] = input_size_for(spec, w, h, scale);
+    let fail = |message: String| PreprocessError { from_w: w, from_h: h, to_w: iw, to_h: ih, message };
+    let alg = algorithm(spec.filter);
+    // Where the original lands in the input, in input pixels: (dst_x, dst_y, dst_w, dst_h) of the resized
+    // image, plus an optional crop of the source.
+    let mut canvas = vec![0u8; (iw * ih * 3) as usize];
+    let transform;
+    match spec.resize {
+        Resize::Stretch | Resize::KeepAspect { .. } | Resize::Original => {
+            let mut dst = Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
+            resizer
+                .resize(img, &mut dst, &ResizeOptions::new().resize_alg(alg))
+                .map_err(|e| fail(e.to_string()))?;
+            transform =
+                Transform { scale_x: iw as f32, scale_y: ih as f32, offset_x: 0.0, offset_y: 0.0, width: iw, height: ih };
+        }
+        Resize::Letterbox { pad } => {
+            let s = (iw as f32 / w as f32).min(ih as f32 / h as f32);
+            let rw = ((w as f32 * s).round() as u32).clamp(1, iw);
+            let rh = ((h as f32 * s).round() as u32).clamp(1, ih);
+            let ox = (iw - rw) / 2;
+            let oy = (ih - rh) / 2;
+            let mut resized = Image::new(rw, rh, PixelType::U8x3);
+            resizer
+                .resize(img, &mut resized, &ResizeOptions::new().resize_alg(alg))
+                .map_err(|e| fail(e.to_string()))?;
+            canvas.fill(pad);
+            let src = resized.buffer();
+            for y in 0..rh {
+                let from = (y * rw * 3) as usize;
+                let to = (((y + oy) * iw + ox) * 3) as usize;
+                canvas[to..to + (rw * 3) as usize].copy_from_slice(&src[from..from + (rw * 3) as usize]);
+            }
+            transform = Transform {
+                scale_x: rw as f32,
+                scale_y: rh as f32,
+                offset_x: ox as f32,
+                offset_y: oy as f32,
+                width: iw,
+                height: ih,
+            };
+        }
+        Resize::ShorterSideCrop { shorter } => {
+            // Resize so the shorter side is `shorter·scale`, then centre-crop `iw×ih`: equivalently crop
+            // the matching source window and resize it straight to the input size.
+            let s = shorter as f32 * scale / w.min(h) as f32;
+            let crop_w = (iw as f32 / s).min(w as f32);
+            let crop_h = (ih as f32 / s).min(h as f32);
+            let left = (w as f32 - crop_w) / 2.0;
+            let top = (h as f32 - crop_h) / 2.0;
+            let mut dst = Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
+            let opts = ResizeOptions::new().resize_alg(alg).crop(left as f64, top as f64, crop_w as f64, crop_h as f64);
+            resizer.resize(img, &mut dst, &opts).map_err(|e| fail(e.to_string()))?;
+            let sx = iw as f32 / crop_w;
+            let sy = ih as f32 / crop_h;
+            transform = Transform {
+                scale_x: sx * w as f32,
+                scale_y: sy * h as f32,
+                offset_x: -left * sx,
+                offset_y: -top * sy,
+                width: iw,
+                height: ih,
+            };
+        }
+    }
+    Ok(Prepared { chw: to_chw(&canvas, iw, ih, spec), transform })
+}
+
+/// HWC u8 → CHW f32 with the spec's scale, mean, std and colour order.
+fn to_chw(hwc: &[u8], w: u32, h: u32, spec: &TeacherSpec) -> Vec<f32> {
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; plane * 3];
+    let order: [usize; 3] = match spec.color {
+        ColorOrder::Rgb => [0, 1, 2],
+        ColorOrder::Bgr => [2, 1, 0],
+    };
+    // y = (x·scale − mean) / std  =  x·a + b
+    let mut a = [0f32; 3];
+    let mut b = [0f32; 3];
+    for c in 0..3 {
+        let src = order[c];
+        a[c] = spec.scale / spec.std[src];
+        b[c] = -spec.mean[src] / spec.std[src];
+    }
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, bl) = rest.split_at_mut(plane);
+    for (i, px) in hwc.chunks_exact(3).enumerate() {
+        r[i] = px[order[0]] as f32 * a[0] + b[0];
+        g[i] = px[order[1]] as f32 * a[1] + b[1];
+        bl[i] = px[order[2]] as f32 * a[2] + b[2];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{RawTeacher, Thresholds};
+    use std::path::Path;
+
+    fn spec(extra: &str) -> TeacherSpec {
+        let text = format!("name = \"t\"\nmodel = \"m.onnx\"\ntask = \"detection\"\nclasses = [\"a\"]\n{extra}");
+        let raw: RawTeacher = toml::from_str(&text).unwrap();
+        TeacherSpec::from_raw(raw, Path::new("t.toml"), &Thresholds::default()).unwrap()
+    }
+
+    fn solid(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_pixel(w, h, image::Rgb([200, 100, 50]))
+    }
+
+    #[test]
+    fn letterbox_maps_corners_back_to_the_original() {
+        let s = spec("input_size = [64, 64]\nresize = { kind = \"letterbox\", pad = 114 }\noutputs = { boxes = 0, labels = 1, scores = 2 }");
+        let p = prepare(&solid(200, 100), &s, 1.0, &mut Resizer::new()).unwrap();
+        let t = p.transform;
+        // 200x100 fits as 64x32, centred vertically with 16 px of padding above.
+        assert_eq!((t.scale_x, t.scale_y, t.offset_x, t.offset_y), (64.0, 32.0, 0.0, 16.0));
+        assert!((t.y_to_norm(16.0) - 0.0).abs() < 1e-6 && (t.y_to_norm(48.0) - 1.0).abs() < 1e-6);
+        // Padding pixels carry the pad value, normalised by scale 1/255.
+        assert!((p.chw[0] - 114.0 / 255.0).abs() < 1e-6);
+        let centre = (32 * 64 + 32) as usize;
+        assert!((p.chw[centre] - 200.0 / 255.0).abs() < 1e-2);
+    }
+
+    #[test]
+    fn centre_crop_transform_inverts() {
+        let s = spec("input_size = [50, 50]\nresize = { kind = \"shorter_side_crop\", shorter = 50 }\noutputs = { boxes = 0, labels = 1, scores = 2 }");
+        let p = prepare(&solid(100, 50), &s, 1.0, &mut Resizer::new()).unwrap();
+        let t = p.transform;
+        // The crop keeps the middle half of the width: input x=0 is original x=0.25.
+        assert!((t.x_to_norm(0.0) - 0.25).abs() < 1e-6, "{t:?}");
+        assert!((t.x_to_norm(50.0) - 0.75).abs() < 1e-6);
+        assert!((t.y_to_norm(50.0) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn normalisation_and_bgr() {
+        let s = spec("input_size = [4, 4]\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\ncolor = \"bgr\"\noutputs = { boxes = 0, labels = 1, scores = 2 }");
+        let p = prepare(&solid(8, 8), &s, 1.0, &mut Resizer::new()).unwrap();
+        // First plane is blue (50), normalised: (50/255 - 0.5)/0.5.
+        assert!((p.chw[0] - (50.0 / 255.0 - 0.5) / 0.5).abs() < 1e-3);
+        assert!((p.chw[32] - (200.0 / 255.0 - 0.5) / 0.5).abs() < 1e-3);
+    }
+
+    #[test]
+    fn keep_aspect_rounds_to_multiple() {
+        let s = spec("resize = { kind = \"keep_aspect\", longer = 384, multiple = 32 }\noutputs = { boxes = 0, labels = 1, scores = 2 }");
+        assert_eq!(input_size_for(&s, 640, 480, 1.0), [288, 384]);
+    }
+}

@@ -1,0 +1,116 @@
+//! The one ONNX Runtime environment of the process, and sessions built from it.
+//!
+//! ONNX Runtime allows one environment per process, so it lives in a `OnceLock`. The shared library is
+//! loaded at run time (`load-dynamic`): `ORT_DYLIB_PATH` if set, else the library `make setup` installed,
+//! whose path the build script embedded. Execution providers are requested explicitly; a provider that
+//! cannot be registered is an error, never a silent fall-back to CPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+/// Execution providers the labeler can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// CPU (always available).
+    Cpu,
+    /// CUDA (needs the `onnxruntime-gpu` wheel and a GPU).
+    Cuda,
+    /// TensorRT (needs an ONNX Runtime build with TensorRT).
+    Tensorrt,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            "tensorrt" | "trt" => Ok(Self::Tensorrt),
+            other => Err(format!("unknown execution provider {other:?} (expected cpu, cuda or tensorrt)")),
+        }
+    }
+}
+
+/// Errors setting up ONNX Runtime or a session.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime shared library not found: set ORT_DYLIB_PATH to libonnxruntime.so, or run `make setup` and rebuild"
+    )]
+    LibraryNotFound,
+    #[error("loading ONNX Runtime from {path}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("creating the ONNX Runtime environment: {0}")]
+    Environment(String),
+    #[error("teacher {teacher:?}: loading model {path}: {message}")]
+    Session { teacher: String, path: PathBuf, message: String },
+    #[error("teacher {teacher:?}: execution provider {provider:?} was requested but is not available in this ONNX Runtime build: {message}")]
+    ProviderMissing { teacher: String, provider: Provider, message: String },
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Path of the ONNX Runtime library this process will load.
+pub fn library_path() -> Result<PathBuf, RuntimeError> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let embedded = env!("MUST_ORT_DYLIB_DEFAULT");
+    if embedded.is_empty() || !Path::new(embedded).exists() {
+        return Err(RuntimeError::LibraryNotFound);
+    }
+    Ok(PathBuf::from(embedded))
+}
+
+/// The process-wide environment, created on first use.
+pub fn environment() -> Result<&'static Environment, RuntimeError> {
+    let result = ENVIRONMENT.get_or_init(|| {
+        let path = library_path().map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
+        builder.with_name("must-labeler").build().map_err(|e| e.to_string())
+    });
+    result.as_ref().map_err(|e| RuntimeError::Environment(e.clone()))
+}
+
+/// Build a session for `model` with the given provider and intra-op threads.
+pub fn session(teacher: &str, model: &Path, provider: Provider, threads: usize) -> Result<Session, RuntimeError> {
+    let env = environment()?;
+    let fail = |e: ort::Error| RuntimeError::Session {
+        teacher: teacher.to_owned(),
+        path: model.to_owned(),
+        message: e.to_string(),
+    };
+    let mut builder = Session::builder(env)
+        .map_err(fail)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| fail(e.into()))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| fail(e.into()))?;
+    builder = match provider {
+        Provider::Cpu => builder,
+        Provider::Cuda => builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| RuntimeError::ProviderMissing {
+                teacher: teacher.to_owned(),
+                provider,
+                message: e.to_string(),
+            })?,
+        Provider::Tensorrt => builder
+            .with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()])
+            .map_err(|e| RuntimeError::ProviderMissing {
+                teacher: teacher.to_owned(),
+                provider,
+                message: e.to_string(),
+            })?,
+    };
+    builder.commit_from_file(model).map_err(fail)
+}

@@ -1,0 +1,618 @@
+//! A loaded teacher: its ONNX Runtime session, checked against its spec, and batched inference that
+//! turns images into pseudo labels.
+//!
+//! `Teacher::load` compares the spec with the model's declared inputs and outputs (names, dtypes, ranks,
+//! static sizes, class counts) so a mismatch is reported — naming the teacher, the spec file and the
+//! field — before any image is read. Sessions take `&mut self` to run, so each inference worker owns
+//! its own `Teacher`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fast_image_resize::Resizer;
+use image::RgbImage;
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use sha2::{Digest, Sha256};
+
+use crate::postprocess::{self, Detection};
+use crate::preprocess::{self, input_size_for, Prepared};
+use crate::runtime::{self, Provider, RuntimeError};
+use crate::spec::{Batch, DetectionFormat, Layout, OutputRef, Resize, ScoreKind, Task, TeacherSpec};
+
+/// A pseudo label for one image from one teacher.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prediction {
+    Classification(Vec<f32>),
+    Detection(Vec<Detection>),
+    Segmentation { height: usize, width: usize, mask: Vec<u8> },
+    Depth { height: usize, width: usize, values: Vec<f32> },
+}
+
+/// A per-image failure inside a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFailure {
+    pub stage: &'static str,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Errors loading a teacher or running a whole batch.
+#[derive(Debug, thiserror::Error)]
+pub enum TeacherError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("teacher {teacher:?} in {file}: field `{field}`: {reason}")]
+    Mismatch { teacher: String, file: String, field: String, reason: String },
+    #[error("teacher {teacher:?}: reading model {path}")]
+    Model {
+        teacher: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("teacher {teacher:?}: inference failed: {message}")]
+    Inference { teacher: String, message: String },
+}
+
+/// A teacher ready to run.
+pub struct Teacher {
+    spec: TeacherSpec,
+    session: Session,
+    input_name: String,
+    outputs: BTreeMap<String, String>,
+    model_sha256: String,
+    resizer: Resizer,
+}
+
+fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
+    match vt {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.to_vec())),
+        _ => None,
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+impl Teacher {
+    /// Load `spec`'s model (declared in `spec_file`) and check it against the spec.
+    pub fn load(spec: &TeacherSpec, spec_file: &Path, provider: Provider, threads: usize) -> Result<Self, TeacherError> {
+        let model_sha256 = file_sha256(&spec.model).map_err(|source| TeacherError::Model {
+            teacher: spec.name.clone(),
+            path: spec.model.clone(),
+            source,
+        })?;
+        let session = runtime::session(&spec.name, &spec.model, provider, threads)?;
+        let file = spec_file.display().to_string();
+        let (input_name, outputs) = check(spec, &file, &session)?;
+        Ok(Self {
+            spec: spec.clone(),
+            session,
+            input_name,
+            outputs,
+            model_sha256,
+            resizer: Resizer::new(),
+        })
+    }
+
+    /// The validated spec.
+    pub fn spec(&self) -> &TeacherSpec {
+        &self.spec
+    }
+
+    /// sha256 of the model file.
+    pub fn model_sha256(&self) -> &str {
+        &self.model_sha256
+    }
+
+    /// A description of the model's inputs and outputs, for `labeler probe`.
+    pub fn describe(&self) -> String {
+        let io = |outlets: &[ort::value::Outlet]| {
+            outlets
+                .iter()
+                .map(|o| match dims(o.dtype()) {
+                    Some((ty, shape)) => format!("{}: {ty:?}{shape:?}", o.name()),
+                    None => format!("{}: {:?}", o.name(), o.dtype()),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("inputs [{}] outputs [{}]", io(self.session.inputs()), io(self.session.outputs()))
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> TeacherError {
+        TeacherError::Inference { teacher: self.spec.name.clone(), message: message.to_string() }
+    }
+
+    /// Label `images`. The result has one entry per image, in order. An error is returned only when the
+    /// whole batch could not run (the caller then records every image of it as an inference error).
+    pub fn predict(&mut self, images: &[&RgbImage]) -> Result<Vec<Result<Prediction, ImageFailure>>, TeacherError> {
+        let scales = self.spec.scales.clone();
+        let mut per_scale: Vec<Vec<Result<ScaleOutput, ImageFailure>>> = Vec::with_capacity(scales.len());
+        for &scale in &scales {
+            per_scale.push(self.run_scale(images, scale)?);
+        }
+        let mut out = Vec::with_capacity(images.len());
+        for (i, img) in images.iter().enumerate() {
+            let mut outs = Vec::with_capacity(scales.len());
+            let mut failure = None;
+            for s in per_scale.iter_mut() {
+                match std::mem::replace(&mut s[i], Err(placeholder())) {
+                    Ok(o) => outs.push(o),
+                    Err(f) => failure = Some(f),
+                }
+            }
+            out.push(match failure {
+                Some(f) => Err(f),
+                None => self.combine(img, outs),
+            });
+        }
+        Ok(out)
+    }
+
+    fn run_scale(&mut self, images: &[&RgbImage], scale: f32) -> Result<Vec<Result<ScaleOutput, ImageFailure>>, TeacherError> {
+        let mut prepared: Vec<Result<Prepared, ImageFailure>> = Vec::with_capacity(images.len());
+        for img in images {
+            let p = preprocess::prepare(img, &self.spec, scale, &mut self.resizer).map_err(|e| ImageFailure {
+                stage: "preprocess",
+                reason: "unsupported",
+                detail: e.to_string(),
+            });
+            prepared.push(p);
+        }
+        let mut results: Vec<Option<Result<ScaleOutput, ImageFailure>>> = (0..images.len()).map(|_| None).collect();
+        // Group images that share an input size (all of them, unless the resize keeps aspect) and run the
+        // groups in chunks of the model's batch.
+        let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            match p {
+                Ok(p) => groups.entry((p.transform.height, p.transform.width)).or_default().push(i),
+                Err(f) => results[i] = Some(Err(f.clone())),
+            }
+        }
+        let batch = self.spec.batch.size();
+        for ((h, w), members) in groups {
+            for chunk in members.chunks(batch) {
+                let refs: Vec<&Prepared> = chunk.iter().map(|&i| prepared[i].as_ref().expect("grouped")).collect();
+                let outs = self.run_chunk(&refs, h as usize, w as usize)?;
+                for (&i, o) in chunk.iter().zip(outs) {
+                    results[i] = Some(Ok(o));
+                }
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("every image has a result")).collect())
+    }
+
+    fn run_chunk(&mut self, items: &[&Prepared], h: usize, w: usize) -> Result<Vec<ScaleOutput>, TeacherError> {
+        let plane = 3 * h * w;
+        let run_n = match self.spec.batch {
+            Batch::Static(n) => n,
+            Batch::Dynamic(_) => items.len(),
+        };
+        let mut data = vec![0f32; run_n * plane];
+        for (k, p) in items.iter().enumerate() {
+            data[k * plane..(k + 1) * plane].copy_from_slice(&p.chw);
+        }
+        let shape: Vec<i64> = match self.spec.layout {
+            Layout::Nchw => vec![run_n as i64, 3, h as i64, w as i64],
+            Layout::Chw => vec![3, h as i64, w as i64],
+        };
+        let tensor = Tensor::from_array((shape, data)).map_err(|e| self.fail(e))?;
+        let input_name = self.input_name.clone();
+        let outputs = self.outputs.clone();
+        let task = self.spec.task;
+        let format = self.spec.detection_format;
+        let session_outputs =
+            self.session.run(ort::inputs![input_name.as_str() => tensor]).map_err(|e| TeacherError::Inference {
+                teacher: self.spec.name.clone(),
+                message: e.to_string(),
+            })?;
+        let get_f32 = |role: &str| -> Result<(Vec<i64>, Vec<f32>), String> {
+            let name = &outputs[role];
+            let (shape, data) = session_outputs[name.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| format!("output {name:?} ({role}): {e}"))?;
+            Ok((shape.to_vec(), data.to_vec()))
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let name = self.spec.name.clone();
+        let fail = |m: String| TeacherError::Inference { teacher: name.clone(), message: m };
+        match (task, format) {
+            (Task::Detection, Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels)) => {
+                let (_, boxes) = get_f32("boxes").map_err(fail)?;
+                let (_, scores) = get_f32("scores").map_err(fail)?;
+                let labels_name = &outputs["labels"];
+                let labels_value = &session_outputs[labels_name.as_str()];
+                let labels: Vec<i64> = match labels_value.try_extract_tensor::<i64>() {
+                    Ok((_, l)) => l.to_vec(),
+                    Err(_) => labels_value
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| fail(format!("output {labels_name:?} (labels): {e}")))?
+                        .1
+                        .iter()
+                        .map(|&v| v as i64)
+                        .collect(),
+                };
+                if boxes.len() != scores.len() * 4 || labels.len() != scores.len() {
+                    return Err(fail(format!(
+                        "detection outputs disagree: {} box values, {} labels, {} scores",
+                        boxes.len(),
+                        labels.len(),
+                        scores.len()
+                    )));
+                }
+                out.push(ScaleOutput::Boxes { boxes, labels, scores });
+            }
+            (Task::Detection, Some(DetectionFormat::YoloRaw)) => {
+                let (shape, data) = get_f32("output").map_err(fail)?;
+                let per = data.len() / run_n.max(1);
+                let anchors = *shape.last().unwrap_or(&0) as usize;
+                for k in 0..items.len() {
+                    out.push(ScaleOutput::Yolo { data: data[k * per..(k + 1) * per].to_vec(), anchors });
+                }
+            }
+            (Task::Detection, _) => {
+                let (_, data) = get_f32("output").map_err(fail)?;
+                let per = data.len() / run_n.max(1);
+                for k in 0..items.len() {
+                    out.push(ScaleOutput::YoloNms { data: data[k * per..(k + 1) * per].to_vec() });
+                }
+            }
+            (Task::Classification, _) => {
+                let (_, data) = get_f32("scores").map_err(fail)?;
+                let per = data.len() / run_n.max(1);
+                for k in 0..items.len() {
+                    out.push(ScaleOutput::Scores(data[k * per..(k + 1) * per].to_vec()));
+                }
+            }
+            (Task::Segmentation, _) => {
+                let (shape, data) = get_f32("scores").map_err(fail)?;
+                let (oh, ow) = (shape[shape.len() - 2] as usize, shape[shape.len() - 1] as usize);
+                let per = data.len() / run_n.max(1);
+                for k in 0..items.len() {
+                    out.push(ScaleOutput::Dense { data: data[k * per..(k + 1) * per].to_vec(), h: oh, w: ow });
+                }
+            }
+            (Task::Depth, _) => {
+                let (shape, data) = get_f32("depth").map_err(fail)?;
+                let (oh, ow) = (shape[shape.len() - 2] as usize, shape[shape.len() - 1] as usize);
+                let per = oh * ow;
+                for k in 0..items.len() {
+                    out.push(ScaleOutput::Dense { data: data[k * per..(k + 1) * per].to_vec(), h: oh, w: ow });
+                }
+            }
+        }
+        // Attach transforms.
+        Ok(out
+            .into_iter()
+            .zip(items)
+            .map(|(o, p)| match o {
+                ScaleOutput::Boxes { .. } | ScaleOutput::Yolo { .. } | ScaleOutput::YoloNms { .. } => {
+                    ScaleOutput::WithTransform(Box::new(o), p.transform)
+                }
+                other => ScaleOutput::WithTransform(Box::new(other), p.transform),
+            })
+            .collect())
+    }
+
+    fn combine(&self, img: &RgbImage, outs: Vec<ScaleOutput>) -> Result<Prediction, ImageFailure> {
+        let spec = &self.spec;
+        let nc = spec.classes.len();
+        let post = |detail: String| ImageFailure { stage: "postprocess", reason: "invalid_output", detail };
+        match spec.task {
+            Task::Classification => {
+                let (o, _) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?.unwrap();
+                let ScaleOutput::Scores(s) = o else { return Err(post("unexpected output".into())) };
+                if s.len() != nc {
+                    return Err(post(format!("{} class scores for {nc} classes", s.len())));
+                }
+                if s.iter().any(|v| !v.is_finite()) {
+                    return Err(post("non-finite class scores".into()));
+                }
+                Ok(Prediction::Classification(postprocess::class_distribution(&s, spec.output_kind, spec.temperature)))
+            }
+            Task::Detection => {
+                let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?.unwrap();
+                let dets = match o {
+                    ScaleOutput::Boxes { boxes, labels, scores } => {
+                        let (d, _bad) = postprocess::from_boxes_labels_scores(
+                            &t,
+                            &boxes,
+                            &labels,
+                            &scores,
+                            spec.label_offset,
+                            nc,
+                            spec.box_threshold,
+                            spec.max_detections,
+                        );
+                        d
+                    }
+                    ScaleOutput::Yolo { data, anchors } => postprocess::from_yolo_raw(
+                        &t,
+                        &data,
+                        nc,
+                        anchors,
+                        spec.box_threshold,
+                        spec.nms_iou,
+                        spec.max_detections,
+                    ),
+                    ScaleOutput::YoloNms { data } => {
+                        postprocess::from_yolo_nms(&t, &data, nc, spec.box_threshold, spec.max_detections)
+                    }
+                    _ => return Err(post("unexpected output".into())),
+                };
+                Ok(Prediction::Detection(dets))
+            }
+            Task::Segmentation => {
+                let (w, h) = img.dimensions();
+                let [bh, bw] = input_size_for(spec, w, h, 1.0);
+                // The base grid is the scale-1 input region showing the image.
+                let mut acc: Option<(Vec<f32>, usize, usize)> = None;
+                let n_scales = outs.len() as f32;
+                for so in outs {
+                    let (o, t) = so.unwrap();
+                    let ScaleOutput::Dense { mut data, h: oh, w: ow } = o else {
+                        return Err(post("unexpected output".into()));
+                    };
+                    if data.len() != nc * oh * ow {
+                        return Err(post(format!("{} values for {nc} classes of {oh}x{ow}", data.len())));
+                    }
+                    if spec.output_kind == ScoreKind::Logits {
+                        postprocess::softmax_planes(&mut data, nc);
+                    }
+                    // Output may be at a stride of the input: map the content rect into output pixels.
+                    let (rect, _, _) = postprocess::dense_grid(&t);
+                    let sx = ow as f32 / t.width as f32;
+                    let sy = oh as f32 / t.height as f32;
+                    let r = [rect[0] * sx, rect[1] * sy, rect[2] * sx, rect[3] * sy];
+                    let (_, gw, gh) = acc.as_ref().map(|a| (0, a.1, a.2)).unwrap_or_else(|| {
+                        let base = base_grid(spec, t, bw, bh);
+                        (0, base.0, base.1)
+                    });
+                    let res = postprocess::resample(&data, nc, ow, oh, r, gw, gh);
+                    match &mut acc {
+                        None => acc = Some((res, gw, gh)),
+                        Some((a, _, _)) => a.iter_mut().zip(&res).for_each(|(x, y)| *x += y),
+                    }
+                }
+                let (mut probs, gw, gh) = acc.ok_or_else(|| post("no output".into()))?;
+                if n_scales > 1.0 {
+                    probs.iter_mut().for_each(|p| *p /= n_scales);
+                }
+                let mask = postprocess::mask_from_probabilities(&probs, nc, spec.seg_threshold);
+                Ok(Prediction::Segmentation { height: gh, width: gw, mask })
+            }
+            Task::Depth => {
+                let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?.unwrap();
+                let ScaleOutput::Dense { data, h: oh, w: ow } = o else {
+                    return Err(post("unexpected output".into()));
+                };
+                if data.iter().any(|v| !v.is_finite()) {
+                    return Err(post("non-finite depth values".into()));
+                }
+                let (rect, _, _) = postprocess::dense_grid(&t);
+                let sx = ow as f32 / t.width as f32;
+                let sy = oh as f32 / t.height as f32;
+                let r = [rect[0] * sx, rect[1] * sy, rect[2] * sx, rect[3] * sy];
+                let gw = ((r[2] - r[0]).round() as usize).max(1);
+                let gh = ((r[3] - r[1]).round() as usize).max(1);
+                let values = if gw == ow && gh == oh { data } else { postprocess::resample(&data, 1, ow, oh, r, gw, gh) };
+                Ok(Prediction::Depth { height: gh, width: gw, values })
+            }
+        }
+    }
+}
+
+/// The scale-1 grid size of the region showing the image, in input pixels.
+fn base_grid(spec: &TeacherSpec, t: preprocess::Transform, bw: u32, bh: u32) -> (usize, usize) {
+    match spec.resize {
+        Resize::Letterbox { .. } => {
+            // Content size at scale 1: the letterbox fit inside bw×bh.
+            let aspect = t.scale_x / t.scale_y;
+            let (cw, ch) = if aspect >= bw as f32 / bh as f32 {
+                (bw as f32, bw as f32 / aspect)
+            } else {
+                (bh as f32 * aspect, bh as f32)
+            };
+            ((cw.round() as usize).max(1), (ch.round() as usize).max(1))
+        }
+        _ => (bw as usize, bh as usize),
+    }
+}
+
+fn placeholder() -> ImageFailure {
+    ImageFailure { stage: "inference", reason: "internal", detail: String::new() }
+}
+
+/// Raw per-image output of one scale, before post-processing.
+#[derive(Debug)]
+enum ScaleOutput {
+    Scores(Vec<f32>),
+    Boxes { boxes: Vec<f32>, labels: Vec<i64>, scores: Vec<f32> },
+    Yolo { data: Vec<f32>, anchors: usize },
+    YoloNms { data: Vec<f32> },
+    Dense { data: Vec<f32>, h: usize, w: usize },
+    WithTransform(Box<ScaleOutput>, preprocess::Transform),
+}
+
+impl ScaleOutput {
+    fn unwrap(self) -> (ScaleOutput, preprocess::Transform) {
+        match self {
+            ScaleOutput::WithTransform(o, t) => (*o, t),
+            _ => unreachable!("every scale output carries its transform"),
+        }
+    }
+}
+
+/// Check the spec against the session; returns the input name and the role → output name map.
+fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, BTreeMap<String, String>), TeacherError> {
+    let err = |field: &str, reason: String| TeacherError::Mismatch {
+        teacher: spec.name.clone(),
+        file: file.to_owned(),
+        field: field.to_owned(),
+        reason,
+    };
+    let inputs = session.inputs();
+    let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
+    let input = match &spec.input_name {
+        Some(n) => inputs
+            .iter()
+            .find(|i| i.name() == n)
+            .ok_or_else(|| err("input_name", format!("model has no input {n:?}; its inputs are {names:?}")))?,
+        None if inputs.len() == 1 => &inputs[0],
+        None => return Err(err("input_name", format!("model has {} inputs {names:?}; name the image input", inputs.len()))),
+    };
+    let (ty, shape) = dims(input.dtype()).ok_or_else(|| err("input_name", "input is not a tensor".into()))?;
+    if ty != TensorElementType::Float32 {
+        return Err(err("input_name", format!("input {:?} is {ty:?}; only float32 image inputs are supported", input.name())));
+    }
+    let want_rank = match spec.layout {
+        Layout::Nchw => 4,
+        Layout::Chw => 3,
+    };
+    if shape.len() != want_rank {
+        return Err(err(
+            "layout",
+            format!("input {:?} has rank {} ({shape:?}) but layout {:?} needs rank {want_rank}", input.name(), shape.len(), spec.layout),
+        ));
+    }
+    let off = if spec.layout == Layout::Nchw { 1 } else { 0 };
+    if shape[off] != 3 && shape[off] != -1 {
+        return Err(err("layout", format!("input shape {shape:?} does not have 3 channels at axis {off}")));
+    }
+    if spec.layout == Layout::Nchw {
+        match (shape[0], spec.batch) {
+            (n, Batch::Dynamic(_)) if n > 0 => {
+                return Err(err("batch", format!("the model has a static batch of {n}; set batch = {n}")))
+            }
+            (n, Batch::Static(b)) if n > 0 && n as usize != b => {
+                return Err(err("batch", format!("the model's batch is {n}, the spec says {b}")))
+            }
+            _ => {}
+        }
+    }
+    let (mh, mw) = (shape[off + 1], shape[off + 2]);
+    let dynamic_needed = matches!(spec.resize, Resize::KeepAspect { .. } | Resize::Original) || spec.scales != [1.0];
+    if mh > 0 && mw > 0 {
+        if dynamic_needed {
+            return Err(err(
+                if spec.scales != [1.0] { "scales" } else { "resize" },
+                format!("the model's input size is fixed at {mh}x{mw}; multi-scale, keep-aspect and original-size inputs need dynamic H and W (set input_size and resize = stretch or letterbox)"),
+            ));
+        }
+        if [mh as u32, mw as u32] != spec.input_size {
+            return Err(err("input_size", format!("the model expects {mh}x{mw} (HxW), the spec says {:?}", spec.input_size)));
+        }
+    }
+    if matches!(spec.task, Task::Segmentation | Task::Depth) && matches!(spec.resize, Resize::ShorterSideCrop { .. }) {
+        return Err(err("resize", "dense teachers must see the whole image: use stretch, letterbox or keep_aspect".into()));
+    }
+
+    // Outputs: resolve each role.
+    let outs = session.outputs();
+    let out_names: Vec<&str> = outs.iter().map(|o| o.name()).collect();
+    let resolve = |role: &str, r: &OutputRef| -> Result<usize, TeacherError> {
+        match r {
+            OutputRef::Name(n) => out_names
+                .iter()
+                .position(|o| o == n)
+                .ok_or_else(|| err(&format!("outputs.{role}"), format!("model has no output {n:?}; its outputs are {out_names:?}"))),
+            OutputRef::Index(i) if *i < outs.len() => Ok(*i),
+            OutputRef::Index(i) => {
+                Err(err(&format!("outputs.{role}"), format!("output index {i} but the model has {} outputs {out_names:?}", outs.len())))
+            }
+        }
+    };
+    let mut roles: BTreeMap<String, usize> = BTreeMap::new();
+    let explicit_names = spec.outputs.values().all(|r| matches!(r, OutputRef::Name(_)));
+    if spec.task == Task::Detection
+        && matches!(spec.detection_format, Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels))
+        && !explicit_names
+    {
+        // Positions differ between exporters (R-CNN: boxes, labels, scores; RetinaNet: boxes, scores,
+        // labels): identify by dtype and shape instead.
+        for (i, o) in outs.iter().enumerate() {
+            if let Some((ty, s)) = dims(o.dtype()) {
+                let role = match (ty, s.len()) {
+                    (TensorElementType::Float32, 2) => "boxes",
+                    (TensorElementType::Int64 | TensorElementType::Int32, 1) => "labels",
+                    (TensorElementType::Float32, 1) => "scores",
+                    _ => continue,
+                };
+                roles.entry(role.to_owned()).or_insert(i);
+            }
+        }
+        for role in ["boxes", "labels", "scores"] {
+            if !roles.contains_key(role) {
+                return Err(err(
+                    &format!("outputs.{role}"),
+                    format!("no output looks like {role} (boxes [K,4] f32, labels [K] int64, scores [K] f32); outputs are {out_names:?}"),
+                ));
+            }
+        }
+    } else {
+        for (role, r) in &spec.outputs {
+            roles.insert(role.clone(), resolve(role, r)?);
+        }
+    }
+    // Shape checks per task.
+    let nc = spec.classes.len() as i64;
+    let shape_of = |i: usize| dims(outs[i].dtype()).map(|(t, s)| (t, s)).unwrap_or((TensorElementType::Undefined, vec![]));
+    match spec.task {
+        Task::Classification => {
+            let (t, s) = shape_of(roles["scores"]);
+            if t != TensorElementType::Float32 || s.len() != 2 {
+                return Err(err("outputs.scores", format!("expected float32 [N, classes], model gives {t:?}{s:?}")));
+            }
+            if s[1] > 0 && s[1] != nc {
+                return Err(err("classes", format!("the model has {} classes, the spec lists {nc}", s[1])));
+            }
+        }
+        Task::Segmentation => {
+            let (t, s) = shape_of(roles["scores"]);
+            if t != TensorElementType::Float32 || s.len() != 4 {
+                return Err(err("outputs.scores", format!("expected float32 [N, classes, H, W], model gives {t:?}{s:?}")));
+            }
+            if s[1] > 0 && s[1] != nc {
+                return Err(err("classes", format!("the model has {} classes, the spec lists {nc}", s[1])));
+            }
+            if nc > 255 {
+                return Err(err("classes", "at most 255 segmentation classes (255 is the ignore label)".into()));
+            }
+        }
+        Task::Depth => {
+            let (t, s) = shape_of(roles["depth"]);
+            if t != TensorElementType::Float32 || !(s.len() == 3 || (s.len() == 4 && (s[1] == 1 || s[1] == -1))) {
+                return Err(err("outputs.depth", format!("expected float32 [N, H, W] or [N, 1, H, W], model gives {t:?}{s:?}")));
+            }
+        }
+        Task::Detection => match spec.detection_format {
+            Some(DetectionFormat::YoloRaw) => {
+                let (_, s) = shape_of(roles["output"]);
+                if s.len() != 3 || (s[1] > 0 && s[1] != 4 + nc) {
+                    return Err(err("classes", format!("YOLO output {s:?} should be [B, 4 + {nc} classes, anchors]")));
+                }
+            }
+            Some(DetectionFormat::YoloNms) => {
+                let (_, s) = shape_of(roles["output"]);
+                if s.len() != 3 || (s[2] > 0 && s[2] != 6) {
+                    return Err(err("outputs.output", format!("YOLO NMS output {s:?} should be [B, K, 6]")));
+                }
+            }
+            _ => {
+                let (_, s) = shape_of(roles["boxes"]);
+                if s.len() != 2 || (s[1] > 0 && s[1] != 4) {
+                    return Err(err("outputs.boxes", format!("boxes output {s:?} should be [K, 4]")));
+                }
+            }
+        },
+    }
+    let names = roles.into_iter().map(|(role, i)| (role, outs[i].name().to_owned())).collect();
+    Ok((input.name().to_owned(), names))
+}

@@ -1,0 +1,441 @@
+//! End-to-end labeler tests on a small synthetic world with the committed demo teachers: agreement with
+//! ground truth, supervised rows, determinism, re-runs, broken inputs, injected store faults, concurrent
+//! attempts and a SIGKILLed process.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use labeler::config::LabelConfig;
+use labeler::pipeline::{self, NoProgress, ShardOutcome};
+use shards::{Location, ShardId};
+use world::{Split, SplitCounts, WorldConfig};
+
+const SEED: u64 = 11;
+
+fn counts(pool: u64) -> SplitCounts {
+    SplitCounts { cls: 8, det: 8, seg: 8, depth: 8, pool, eval: 0 }
+}
+
+fn pool_config(dir: &Path, pool: u64, run_extra: &str) -> (LabelConfig, String) {
+    let world = small_world(SEED, counts(pool));
+    let output = dir.join("out").to_string_lossy().into_owned();
+    let datasets = [("pool", world.join("pool/images").to_string_lossy().into_owned(), None)];
+    let file = write_config(dir, &output, &datasets, run_extra);
+    (LabelConfig::load(&file, None).unwrap(), output)
+}
+
+fn plan_and_run(cfg: &LabelConfig, k: u64, n: u64, attempt: &str) -> ShardOutcome {
+    if !Path::new(&cfg.output).join("inputs/index.json").exists() {
+        pipeline::plan(cfg).unwrap();
+    }
+    pipeline::run_shard(cfg, ShardId { index: k, count: n }, attempt, &NoProgress).unwrap()
+}
+
+fn index_of(key: &str) -> u64 {
+    key.split('.').next().unwrap().parse().unwrap()
+}
+
+/// δ<1.25 of predicted inverse depth against metric truth after least-squares scale/shift alignment.
+fn delta_125(pred_inv: &[f32], truth_depth: &[f32]) -> f64 {
+    let t: Vec<f64> = truth_depth.iter().map(|&d| 1.0 / d as f64).collect();
+    let p: Vec<f64> = pred_inv.iter().map(|&v| v as f64).collect();
+    let n = p.len() as f64;
+    let (mp, mt) = (p.iter().sum::<f64>() / n, t.iter().sum::<f64>() / n);
+    let cov: f64 = p.iter().zip(&t).map(|(a, b)| (a - mp) * (b - mt)).sum();
+    let var: f64 = p.iter().map(|a| (a - mp).powi(2)).sum();
+    let s = if var > 0.0 { cov / var } else { 0.0 };
+    let good = p
+        .iter()
+        .zip(truth_depth)
+        .filter(|(a, &d)| {
+            let inv = (s * (*a - mp) + mt).max(1.0 / 60.0);
+            let pd = 1.0 / inv;
+            let r = (pd / d as f64).max(d as f64 / pd);
+            r < 1.25
+        })
+        .count();
+    good as f64 / n
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+#[test]
+fn pseudo_labels_agree_with_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, output) = pool_config(dir.path(), 64, "");
+    let outcome = plan_and_run(&cfg, 0, 1, "a");
+    assert!(matches!(outcome, ShardOutcome::Committed { .. }), "{outcome:?}");
+    let records = read_records(&output);
+    assert_eq!(records.len(), 64, "every pool image is labelled");
+    let world_cfg = WorldConfig::try_new(SEED, 96, 96).unwrap();
+    let (mut top1, mut matched, mut truth_boxes, mut pred_boxes) = (0usize, 0usize, 0usize, 0usize);
+    let (mut seg_ok, mut seg_n, mut ignored) = (0usize, 0usize, 0usize);
+    let mut delta = 0.0;
+    for rec in &records {
+        let scene = world::render(&world_cfg, Split::Pool, index_of(&rec.key));
+        assert_eq!((rec.width, rec.height), (96, 96));
+        for task in schemas::Task::ALL {
+            assert_eq!(rec.origin(task), schemas::Origin::Pseudo, "{task} of {}", rec.key);
+        }
+        let probs = &rec.cls.as_ref().unwrap().probs;
+        let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        top1 += (best == scene.scene_class as usize) as usize;
+        let boxes = &rec.det.as_ref().unwrap().boxes;
+        assert!(boxes.iter().all(|b| b.score >= 0.5), "boxes below the 0.5 threshold were kept");
+        pred_boxes += boxes.len();
+        truth_boxes += scene.boxes.len();
+        for t in &scene.boxes {
+            if boxes.iter().any(|b| b.class_id == t.class_id as u16 && iou([b.x0, b.y0, b.x1, b.y1], [t.x0, t.y0, t.x1, t.y1]) >= 0.5) {
+                matched += 1;
+            }
+        }
+        let seg = rec.seg.as_ref().unwrap();
+        assert_eq!((seg.width, seg.height), (96, 96));
+        for (p, t) in seg.mask.iter().zip(&scene.seg) {
+            if *p == 255 {
+                ignored += 1;
+            } else {
+                seg_n += 1;
+                seg_ok += (p == t) as usize;
+            }
+        }
+        let depth = rec.depth.as_ref().unwrap();
+        assert_eq!(depth.kind, schemas::DepthKind::InverseRelative);
+        assert_eq!((depth.width, depth.height), (128, 128), "depth stays at the teacher's resolution");
+        // Compare at the truth's resolution: nearest sample of the 128x128 prediction.
+        let pred: Vec<f32> = (0..96 * 96)
+            .map(|i| {
+                let (x, y) = (i % 96, i / 96);
+                depth.values[(y * 128 / 96) * 128 + x * 128 / 96]
+            })
+            .collect();
+        delta += delta_125(&pred, &scene.depth);
+    }
+    let n = records.len() as f64;
+    let accuracy = top1 as f64 / n;
+    let recall = matched as f64 / truth_boxes.max(1) as f64;
+    let seg_acc = seg_ok as f64 / seg_n.max(1) as f64;
+    let delta = delta / n;
+    eprintln!("top1 {accuracy:.3} box recall@0.5 {recall:.3} ({pred_boxes} predicted / {truth_boxes} true) seg pixel acc {seg_acc:.3} (ignored {ignored}) delta<1.25 {delta:.3}");
+    // The demo teachers' held-out quality is in tools/teachers/QUALITY.md; these bounds sit below it.
+    assert!(accuracy >= 0.9, "classification top-1 {accuracy}");
+    assert!(recall >= 0.75, "box recall {recall}");
+    assert!(seg_acc >= 0.93, "segmentation pixel accuracy {seg_acc}");
+    assert!(delta >= 0.85, "depth delta<1.25 {delta}");
+}
+
+#[test]
+fn supervised_labels_are_kept_and_teachers_fill_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = small_world(SEED, counts(16));
+    let output = dir.path().join("out").to_string_lossy().into_owned();
+    let sup = |split: &str, task: &str| {
+        Some(format!(
+            "{{ source = \"world_truth\", location = {:?}, tasks = [\"{task}\"] }}",
+            world.join(split).join("truth").to_str().unwrap()
+        ))
+    };
+    let datasets = [
+        ("cls", world.join("cls/images").to_string_lossy().into_owned(), sup("cls", "classification")),
+        ("seg", world.join("seg/images").to_string_lossy().into_owned(), sup("seg", "segmentation")),
+        ("depth", world.join("depth/images").to_string_lossy().into_owned(), sup("depth", "depth")),
+    ];
+    let file = write_config(dir.path(), &output, &datasets, "");
+    let cfg = LabelConfig::load(&file, None).unwrap();
+    plan_and_run(&cfg, 0, 1, "a");
+    let records = read_records(&output);
+    assert_eq!(records.len(), 24);
+    let world_cfg = WorldConfig::try_new(SEED, 96, 96).unwrap();
+    for rec in &records {
+        let split: Split = rec.dataset.parse().unwrap();
+        let scene = world::render(&world_cfg, split, index_of(&rec.key));
+        let supervised = match split {
+            Split::Cls => schemas::Task::Cls,
+            Split::Seg => schemas::Task::Seg,
+            _ => schemas::Task::Depth,
+        };
+        for task in schemas::Task::ALL {
+            let want = if task == supervised { schemas::Origin::Supervised } else { schemas::Origin::Pseudo };
+            assert_eq!(rec.origin(task), want, "{} {task}", rec.key);
+        }
+        match split {
+            Split::Cls => {
+                let probs = &rec.cls.as_ref().unwrap().probs;
+                assert_eq!(probs[scene.scene_class as usize], 1.0);
+                assert_eq!(probs.iter().sum::<f32>(), 1.0);
+            }
+            Split::Seg => assert_eq!(rec.seg.as_ref().unwrap().mask, scene.seg),
+            _ => {
+                let d = rec.depth.as_ref().unwrap();
+                assert_eq!(d.kind, schemas::DepthKind::Metric);
+                for (a, b) in d.values.iter().zip(&scene.depth) {
+                    assert!((a - b).abs() < 2e-3 * 60.0, "{a} vs {b}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reruns_are_noops_and_the_same_shard_is_byte_identical() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (cfg_a, out_a) = pool_config(a.path(), 40, "file_rows = 16");
+    let (cfg_b, out_b) = pool_config(b.path(), 40, "file_rows = 16");
+    for k in 0..2 {
+        assert!(matches!(plan_and_run(&cfg_a, k, 2, "first"), ShardOutcome::Committed { .. }));
+        assert!(matches!(plan_and_run(&cfg_b, k, 2, "other"), ShardOutcome::Committed { .. }));
+    }
+    let again = plan_and_run(&cfg_a, 1, 2, "second");
+    match again {
+        ShardOutcome::AlreadyCommitted { manifest } => assert_eq!(manifest.attempt, "first"),
+        other => panic!("re-running a committed shard must be a no-op, got {other:?}"),
+    }
+    let files_a = committed_files(Path::new(&out_a));
+    let files_b = committed_files(Path::new(&out_b));
+    assert!(files_a.len() >= 4, "two shards of 20 rows in files of 16 rows: {files_a:?}");
+    assert_eq!(files_a, files_b, "the same shards must give byte-identical Parquet");
+}
+
+#[test]
+fn broken_and_unusual_inputs_each_end_in_exactly_one_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = small_world(SEED, counts(16));
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let good = std::fs::read(world.join("pool/images/000000.jpg")).unwrap();
+    let png = std::fs::read(world.join("pool/images/000003.png")).unwrap();
+    std::fs::write(images.join("good.jpg"), &good).unwrap();
+    std::fs::write(images.join("good_png_named.jpg"), &png).unwrap();
+    std::fs::write(images.join("empty.jpg"), b"").unwrap();
+    std::fs::write(images.join("text.jpg"), b"this is not an image\n").unwrap();
+    std::fs::write(images.join("truncated.jpg"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(images.join("truncated.png"), &png[..png.len() - 20]).unwrap();
+    std::fs::write(images.join("random.png"), (0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>()).unwrap();
+    // A PNG that claims 40000x40000 pixels: refused by limits before any allocation.
+    std::fs::write(images.join("bomb.png"), bomb_png(40_000, 40_000)).unwrap();
+    // A grey 16-bit PNG is converted, not refused.
+    let grey = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(50, 30, |x, y| image::Luma([(x * 1000 + y) as u16]));
+    grey.save(images.join("grey16.png")).unwrap();
+    std::fs::write(images.join("notes.txt"), b"not listed: wrong extension").unwrap();
+    let output = dir.path().join("out").to_string_lossy().into_owned();
+    let file = write_config(dir.path(), &output, &[("odd", images.to_string_lossy().into_owned(), None)], "");
+    let cfg = LabelConfig::load(&file, None).unwrap();
+    plan_and_run(&cfg, 0, 1, "a");
+    let records = read_records(&output);
+    let errors = read_errors(&output);
+    let labelled: BTreeMap<String, (u32, u32)> = records.iter().map(|r| (r.key.clone(), (r.width, r.height))).collect();
+    let failed: BTreeMap<String, String> = errors.iter().map(|e| (e.key.clone(), e.reason.clone())).collect();
+    assert_eq!(labelled.len() + failed.len(), 9, "labelled {labelled:?} failed {failed:?}");
+    assert!(labelled.keys().all(|k| !failed.contains_key(k)));
+    assert_eq!(labelled["good.jpg"], (96, 96));
+    assert_eq!(labelled["good_png_named.jpg"], (96, 96), "format comes from content, not the name");
+    assert_eq!(labelled["grey16.png"], (50, 30));
+    assert_eq!(failed["empty.jpg"], "empty");
+    assert_eq!(failed["truncated.jpg"], "truncated");
+    assert_eq!(failed["truncated.png"], "truncated");
+    assert_eq!(failed["bomb.png"], "too_large");
+    assert!(["unsupported", "undecodable"].contains(&failed["text.jpg"].as_str()), "{failed:?}");
+    assert!(["unsupported", "undecodable"].contains(&failed["random.png"].as_str()), "{failed:?}");
+    for e in &errors {
+        assert!(!e.detail.is_empty() && e.source_uri.ends_with(&e.key), "{e:?}");
+    }
+}
+
+/// A PNG with a valid IHDR claiming `w`×`h` and a tiny IDAT.
+fn bomb_png(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc_input = kind.to_vec();
+        crc_input.extend_from_slice(data);
+        out.extend_from_slice(&crc_input);
+        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn faulty_output(output: &str, fault: Fault) -> (Location, Arc<FaultyStore>) {
+    let inner = shards::open(output).unwrap();
+    let faulty = Arc::new(FaultyStore::new(inner.store.clone(), fault));
+    (Location::from_store(faulty.clone(), "", output), faulty)
+}
+
+#[test]
+fn injected_store_faults_then_rerun_equal_a_clean_run() {
+    let clean_dir = tempfile::tempdir().unwrap();
+    let (clean_cfg, clean_out) = pool_config(clean_dir.path(), 40, "file_rows = 16");
+    plan_and_run(&clean_cfg, 0, 1, "clean");
+    let clean = committed_files(Path::new(&clean_out));
+    for fault in [Fault::DataPut(0), Fault::DataPut(2), Fault::BeforeManifest, Fault::AfterManifest] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, output) = pool_config(dir.path(), 40, "file_rows = 16");
+        pipeline::plan(&cfg).unwrap();
+        let (loc, store) = faulty_output(&output, fault);
+        let first = pipeline::run_shard_at(&cfg, &loc, ShardId { index: 0, count: 1 }, "faulty", &NoProgress);
+        assert!(store.fired(), "{fault:?} never fired");
+        let manifest_exists = Path::new(&output).join("manifests/shard-00000-of-00001.json").exists();
+        match fault {
+            Fault::AfterManifest => {
+                // Ambiguous commit: reading the manifest back shows this attempt won.
+                assert!(matches!(first, Ok(ShardOutcome::Committed { .. })), "{fault:?}: {first:?}");
+                assert!(manifest_exists);
+            }
+            _ => {
+                let err = format!("{:?}", first.expect_err("the fault must fail the attempt"));
+                assert!(err.contains("injected fault"), "{fault:?}: {err}");
+                assert!(!manifest_exists, "{fault:?} left a manifest");
+                assert!(read_records(&output).is_empty(), "readers must see nothing of a failed attempt");
+            }
+        }
+        let rerun = pipeline::run_shard(&cfg, ShardId { index: 0, count: 1 }, "rerun", &NoProgress).unwrap();
+        if fault == Fault::AfterManifest {
+            assert!(matches!(rerun, ShardOutcome::AlreadyCommitted { .. }));
+        } else {
+            assert!(matches!(rerun, ShardOutcome::Committed { .. }));
+        }
+        assert_eq!(committed_files(Path::new(&output)), clean, "{fault:?}: the re-run differs from a clean run");
+    }
+}
+
+#[test]
+fn concurrent_attempts_leave_exactly_one_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, output) = pool_config(dir.path(), 24, "");
+    pipeline::plan(&cfg).unwrap();
+    let outcomes: Vec<ShardOutcome> = std::thread::scope(|s| {
+        let hs: Vec<_> = ["left", "right"]
+            .into_iter()
+            .map(|a| {
+                let cfg = &cfg;
+                s.spawn(move || pipeline::run_shard(cfg, ShardId { index: 0, count: 1 }, a, &NoProgress).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let manifests: Vec<_> = std::fs::read_dir(Path::new(&output).join("manifests")).unwrap().collect();
+    assert_eq!(manifests.len(), 1);
+    let winners = outcomes.iter().filter(|o| matches!(o, ShardOutcome::Committed { .. })).count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    assert_eq!(read_records(&output).len(), 24, "readers see exactly the winner's rows");
+}
+
+#[test]
+fn a_sigkilled_labeler_leaves_nothing_and_its_rerun_equals_a_clean_run() {
+    let clean_dir = tempfile::tempdir().unwrap();
+    let (clean_cfg, clean_out) = pool_config(clean_dir.path(), 160, "file_rows = 16\nchunk_images = 8");
+    plan_and_run(&clean_cfg, 0, 1, "clean");
+    let clean = committed_files(Path::new(&clean_out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, output) = pool_config(dir.path(), 160, "file_rows = 16\nchunk_images = 8");
+    pipeline::plan(&cfg).unwrap();
+    let bin = env!("CARGO_BIN_EXE_labeler");
+    let mut child = Command::new(bin)
+        .args(["run", "--config", cfg.file.to_str().unwrap(), "--shard", "0", "--num-shards", "1"])
+        .env("MUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // Kill it once it has written at least one data file: mid-shard, after some output exists.
+    let data = Path::new(&output).join("data");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let written = walk(&data).iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
+        if written >= 1 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the labeler finished before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "no data file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(!Path::new(&output).join("manifests").exists() || std::fs::read_dir(Path::new(&output).join("manifests")).unwrap().next().is_none());
+    assert!(read_records(&output).is_empty(), "a killed run must leave nothing a reader would take");
+    let rerun = Command::new(bin)
+        .args(["run", "--config", cfg.file.to_str().unwrap(), "--shard", "0", "--num-shards", "1"])
+        .env("MUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert_eq!(committed_files(Path::new(&output)), clean, "the re-run must equal a clean run");
+    // The killed attempt's files are orphans; the janitor removes exactly those.
+    let before = walk(&data).len();
+    let janitor = Command::new(bin).args(["janitor", "--output", &output]).output().unwrap();
+    assert!(janitor.status.success());
+    assert!(walk(&data).len() < before);
+    assert_eq!(committed_files(Path::new(&output)), clean);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_spec_that_does_not_fit_its_model_fails_before_any_image_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let teachers = dir.path().join("bad.toml");
+    let model = workspace().join("tools/teachers/onnx/classifier.onnx");
+    std::fs::write(
+        &teachers,
+        format!(
+            "[[teacher]]\nname = \"wrong-classes\"\nmodel = {:?}\npreset = \"torchvision-classification\"\ninput_size = [96, 96]\nresize = {{ kind = \"stretch\" }}\nclasses = [\"a\", \"b\", \"c\"]\n",
+            model.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let cfg_file = dir.path().join("label.toml");
+    std::fs::write(
+        &cfg_file,
+        format!(
+            "teachers = [{:?}]\noutput = {:?}\n[[dataset]]\nname = \"d\"\nlocation = \"/nonexistent/never/read\"\n",
+            teachers.to_str().unwrap(),
+            output.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = LabelConfig::load(&cfg_file, None).unwrap();
+    let err = pipeline::run_shard(&cfg, ShardId { index: 0, count: 1 }, "a", &NoProgress).unwrap_err().to_string();
+    assert!(err.contains("wrong-classes") && err.contains("bad.toml") && err.contains("`classes`"), "{err}");
+}

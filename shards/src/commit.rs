@@ -1,0 +1,268 @@
+//! The shard commit protocol: nothing lost, nothing half-written.
+//!
+//! A shard attempt writes its data files under a directory unique to the attempt
+//! (`data/shard-KKKKK-of-NNNNN/<attempt>/records-PPPPP.parquet`), never overwriting anything, and then
+//! commits by writing one small manifest (`manifests/shard-KKKKK-of-NNNNN.json`) with put-if-absent.
+//! Readers only ever open files a committed manifest names, so a run killed at any point leaves nothing a
+//! reader would take. Of two concurrent attempts exactly one manifest put succeeds; the loser sees
+//! `AlreadyExists` and reports that another attempt won. An ambiguous put (an error after which the
+//! manifest may or may not exist) is resolved by reading the manifest back and comparing attempt ids.
+//! Nothing here commits by rename, which object stores do not make atomic.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use schemas::{ManifestFile, ShardManifest};
+use sha2::{Digest, Sha256};
+
+use crate::store::Location;
+
+/// Which shard of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardId {
+    /// Zero-based shard index.
+    pub index: u64,
+    /// Number of shards in the plan.
+    pub count: u64,
+}
+
+impl ShardId {
+    /// The shard's name in paths: `shard-00003-of-00016`.
+    pub fn name(&self) -> String {
+        format!("shard-{:05}-of-{:05}", self.index, self.count)
+    }
+
+    /// Path of the shard's manifest relative to the output root.
+    pub fn manifest_path(&self) -> String {
+        format!("manifests/{}.json", self.name())
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Errors of the commit protocol; each names the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("writing {uri}")]
+    Write {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("reading {uri}")]
+    Read {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("listing committed manifests under {uri}")]
+    List {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("encoding Parquet for {what}")]
+    Encode {
+        what: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("manifest {uri} is not valid: {reason}")]
+    BadManifest { uri: String, reason: String },
+    #[error("committing {uri} failed and reading it back did not settle whether it was committed")]
+    Ambiguous {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// What `ShardCommitter::commit` found.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// This attempt's manifest is the committed one.
+    Committed(ShardManifest),
+    /// Another attempt committed first; this attempt's files are orphans a janitor may delete.
+    LostRace(ShardManifest),
+}
+
+/// Read the committed manifest of `shard`, if there is one.
+pub async fn read_manifest(root: &Location, shard: ShardId) -> Result<Option<ShardManifest>, CommitError> {
+    let path = root.child(&shard.manifest_path());
+    let uri = root.uri_of(&path);
+    match root.store.get(&path).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.map_err(|source| CommitError::Read { uri: uri.clone(), source })?;
+            parse_manifest(&uri, &bytes).map(Some)
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(CommitError::Read { uri, source }),
+    }
+}
+
+fn parse_manifest(uri: &str, bytes: &[u8]) -> Result<ShardManifest, CommitError> {
+    ShardManifest::from_json_bytes(bytes)
+        .map_err(|e| CommitError::BadManifest { uri: uri.to_owned(), reason: e.to_string() })
+}
+
+/// Every committed manifest under `root`, sorted by (number of shards, shard index).
+pub async fn committed_manifests(root: &Location) -> Result<Vec<(String, ShardManifest)>, CommitError> {
+    let dir = root.child("manifests");
+    let list_uri = root.uri_of(&dir);
+    let metas: Vec<_> = root
+        .store
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(|source| CommitError::List { uri: list_uri, source })?;
+    let mut out = Vec::new();
+    for meta in metas {
+        if !meta.location.as_ref().ends_with(".json") {
+            continue;
+        }
+        let uri = root.uri_of(&meta.location);
+        let bytes = root
+            .store
+            .get(&meta.location)
+            .await
+            .map_err(|source| CommitError::Read { uri: uri.clone(), source })?
+            .bytes()
+            .await
+            .map_err(|source| CommitError::Read { uri: uri.clone(), source })?;
+        out.push((uri.clone(), parse_manifest(&uri, &bytes)?));
+    }
+    out.sort_by_key(|(_, m)| (m.num_shards, m.shard));
+    Ok(out)
+}
+
+/// Encode record batches as one Parquet file in memory.
+///
+/// The shard writer keeps at most one such file in memory at a time (bounded by its roll-over limits),
+/// which keeps memory independent of shard size while letting the object store receive whole objects.
+pub fn encode_parquet(
+    batches: &[arrow_array::RecordBatch],
+    schema: arrow_schema::SchemaRef,
+    props: WriterProperties,
+    what: &str,
+) -> Result<Vec<u8>, CommitError> {
+    let encode = |source| CommitError::Encode { what: what.to_owned(), source };
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props)).map_err(encode)?;
+    for batch in batches {
+        writer.write(batch).map_err(encode)?;
+    }
+    writer.close().map_err(encode)?;
+    Ok(buf)
+}
+
+/// Writes one attempt's data files and commits them with a manifest.
+pub struct ShardCommitter {
+    root: Location,
+    shard: ShardId,
+    attempt: String,
+    files: Vec<ManifestFile>,
+    next_part: u32,
+}
+
+impl ShardCommitter {
+    /// Start an attempt of `shard` under `root`; `attempt` must be unique to this attempt.
+    pub fn new(root: Location, shard: ShardId, attempt: impl Into<String>) -> Self {
+        Self { root, shard, attempt: attempt.into(), files: Vec::new(), next_part: 0 }
+    }
+
+    /// The attempt id this committer writes under.
+    pub fn attempt(&self) -> &str {
+        &self.attempt
+    }
+
+    /// Store one data file of `kind` ("records" or "errors") holding `rows` rows.
+    pub async fn put_file(&mut self, kind: &str, bytes: Vec<u8>, rows: u64) -> Result<(), CommitError> {
+        let rel = format!("data/{}/{}/{kind}-{:05}.parquet", self.shard.name(), self.attempt, self.next_part);
+        self.next_part += 1;
+        let path = self.root.child(&rel);
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        // A plain put is atomic on every object_store backend (local files are written to a temporary name
+        // first); the name is unique to the attempt, so it never replaces anything.
+        self.root
+            .store
+            .put(&path, PutPayload::from(Bytes::from(bytes)))
+            .await
+            .map_err(|source| CommitError::Write { uri: self.root.uri_of(&path), source })?;
+        self.files.push(ManifestFile { path: rel, kind: kind.to_owned(), bytes: size, sha256, rows });
+        Ok(())
+    }
+
+    /// Commit: fill in the files and attempt id of `manifest` and write it with put-if-absent.
+    pub async fn commit(self, mut manifest: ShardManifest) -> Result<CommitOutcome, CommitError> {
+        manifest.shard = self.shard.index;
+        manifest.num_shards = self.shard.count;
+        manifest.attempt = self.attempt.clone();
+        manifest.files = self.files;
+        let path = self.root.child(&self.shard.manifest_path());
+        let uri = self.root.uri_of(&path);
+        let body = manifest
+            .to_json_bytes()
+            .map_err(|e| CommitError::BadManifest { uri: uri.clone(), reason: e.to_string() })?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.root.store.put_opts(&path, PutPayload::from(body), opts).await {
+            Ok(_) => Ok(CommitOutcome::Committed(manifest)),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                let existing =
+                    read_manifest(&self.root, self.shard).await?.ok_or_else(|| CommitError::BadManifest {
+                        uri: uri.clone(),
+                        reason: "the store said it exists, but it cannot be read back".into(),
+                    })?;
+                Ok(settle(manifest, existing))
+            }
+            Err(source) => {
+                // Ambiguous: the put may have landed before the error. Reading it back decides.
+                match read_manifest(&self.root, self.shard).await {
+                    Ok(Some(existing)) => Ok(settle(manifest, existing)),
+                    _ => Err(CommitError::Ambiguous { uri, source }),
+                }
+            }
+        }
+    }
+}
+
+fn settle(mine: ShardManifest, existing: ShardManifest) -> CommitOutcome {
+    if existing.attempt == mine.attempt {
+        CommitOutcome::Committed(existing)
+    } else {
+        CommitOutcome::LostRace(existing)
+    }
+}
+
+/// Delete data files under `root/data/` that no committed manifest names (orphans of failed or losing
+/// attempts). Returns the number of objects deleted. Safe to run while no attempt is in flight.
+pub async fn remove_orphans(root: &Location) -> Result<u64, CommitError> {
+    let committed = committed_manifests(root).await?;
+    let named: std::collections::HashSet<String> =
+        committed.iter().flat_map(|(_, m)| m.files.iter().map(|f| f.path.clone())).collect();
+    let dir = root.child("data");
+    let metas: Vec<_> = root
+        .store
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(|source| CommitError::List { uri: root.uri_of(&dir), source })?;
+    let mut removed = 0;
+    for meta in metas {
+        let rel = root.relative(&meta.location).unwrap_or_default();
+        if !named.contains(&rel) {
+            root.store
+                .delete(&meta.location)
+                .await
+                .map_err(|source| CommitError::Write { uri: root.uri_of(&meta.location), source })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

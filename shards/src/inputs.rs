@@ -1,0 +1,339 @@
+//! Frozen input manifests and the shard plan.
+//!
+//! Object listings come back in no guaranteed order and change while a job runs, so the set of inputs is
+//! frozen once, before any shard starts: every entry (dataset, key, size) sorted and de-duplicated, written
+//! as parts of at most `part_size` JSON lines plus an `index.json` that records each part's count and
+//! sha256. Shard k of N is then the contiguous range `[k·T/N, (k+1)·T/N)` of the T sorted entries: a pure
+//! function of (manifest, k, N). A shard job reads the index and only the parts its range overlaps, so a
+//! manifest of hundreds of millions of keys never has to be read whole by one job.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::Location;
+
+/// One image to label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InputEntry {
+    /// Dataset name (from the labeler config).
+    pub dataset: String,
+    /// Key of the image relative to its dataset's store root, slash-separated.
+    pub key: String,
+    /// Size in bytes at freeze time (0 when unknown, e.g. from a key list).
+    pub size: u64,
+}
+
+/// Index of a frozen input manifest (`<root>/inputs/index.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputIndex {
+    /// Format version of the input manifest.
+    pub version: u32,
+    /// Total number of entries over all parts.
+    pub total: u64,
+    /// Parts in order; entries are sorted across parts.
+    pub parts: Vec<InputPart>,
+    /// sha256 over the parts' hashes: names the frozen input set in provenance.
+    pub sha256: String,
+}
+
+/// One part file of a frozen input manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputPart {
+    /// Path relative to the manifest root.
+    pub path: String,
+    /// Number of entries.
+    pub count: u64,
+    /// sha256 of the part's bytes.
+    pub sha256: String,
+}
+
+/// Errors from freezing or reading input manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("listing {uri}")]
+    List {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("reading {uri}")]
+    Read {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("writing {uri}")]
+    Write {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{uri}: line {line}: {reason}")]
+    Parse { uri: String, line: usize, reason: String },
+    #[error(
+        "{uri}: sha256 is {actual}, the index says {expected}: the input manifest was changed after it was frozen"
+    )]
+    Checksum { uri: String, expected: String, actual: String },
+    #[error("shard index {k} is not below the number of shards {n}")]
+    BadShard { k: u64, n: u64 },
+    #[error("the number of shards must be at least 1")]
+    NoShards,
+}
+
+const INPUT_MANIFEST_VERSION: u32 = 1;
+/// Default number of entries per part file.
+pub const DEFAULT_PART_SIZE: usize = 1_000_000;
+
+/// Shard `k` of `n` over `total` sorted entries.
+pub fn shard_range(total: u64, k: u64, n: u64) -> Result<Range<u64>, InputError> {
+    if n == 0 {
+        return Err(InputError::NoShards);
+    }
+    if k >= n {
+        return Err(InputError::BadShard { k, n });
+    }
+    // u128 keeps k·T exact for any u64 inputs.
+    let start = (k as u128 * total as u128 / n as u128) as u64;
+    let end = ((k as u128 + 1) * total as u128 / n as u128) as u64;
+    Ok(start..end)
+}
+
+/// List every object under each `(dataset, location)` whose name passes `filter`, as sorted entries.
+pub async fn list_entries(
+    sources: &[(String, Location)],
+    filter: impl Fn(&str) -> bool,
+) -> Result<Vec<InputEntry>, InputError> {
+    let mut set = BTreeSet::new();
+    for (dataset, loc) in sources {
+        let prefix = if loc.prefix.as_ref().is_empty() { None } else { Some(&loc.prefix) };
+        let metas: Vec<_> = loc
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(|source| InputError::List { uri: loc.display.clone(), source })?;
+        for meta in metas {
+            let Some(key) = loc.relative(&meta.location) else { continue };
+            if filter(&key) {
+                set.insert(InputEntry { dataset: dataset.clone(), key, size: meta.size });
+            }
+        }
+    }
+    Ok(set.into_iter().collect())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Write `entries` (sorted and de-duplicated here) as a frozen manifest under `root/inputs/`.
+///
+/// Freezing the same entries twice writes identical bytes, so a re-run of the planner is harmless.
+pub async fn freeze(root: &Location, mut entries: Vec<InputEntry>, part_size: usize) -> Result<InputIndex, InputError> {
+    entries.sort();
+    entries.dedup_by(|a, b| a.dataset == b.dataset && a.key == b.key);
+    let part_size = part_size.max(1);
+    let mut parts = Vec::new();
+    let mut all_hashes = Sha256::new();
+    for (i, chunk) in entries.chunks(part_size).enumerate() {
+        let mut buf = Vec::with_capacity(chunk.len() * 64);
+        for entry in chunk {
+            serde_json::to_writer(&mut buf, entry).expect("serialising an input entry cannot fail");
+            buf.push(b'\n');
+        }
+        let rel = format!("inputs/part-{i:05}.jsonl");
+        let sha = sha256_hex(&buf);
+        all_hashes.update(sha.as_bytes());
+        put(root, &rel, Bytes::from(buf)).await?;
+        parts.push(InputPart { path: rel, count: chunk.len() as u64, sha256: sha });
+    }
+    let index = InputIndex {
+        version: INPUT_MANIFEST_VERSION,
+        total: entries.len() as u64,
+        parts,
+        sha256: hex::encode(all_hashes.finalize()),
+    };
+    let json = serde_json::to_vec_pretty(&index).expect("serialising the index cannot fail");
+    put(root, "inputs/index.json", Bytes::from(json)).await?;
+    Ok(index)
+}
+
+async fn put(root: &Location, rel: &str, bytes: Bytes) -> Result<(), InputError> {
+    let path = root.child(rel);
+    root.store
+        .put(&path, PutPayload::from_bytes(bytes))
+        .await
+        .map_err(|source| InputError::Write { uri: root.uri_of(&path), source })?;
+    Ok(())
+}
+
+async fn get(store: &dyn ObjectStore, uri: &str, path: &Path) -> Result<Bytes, InputError> {
+    let read = |source| InputError::Read { uri: uri.to_owned(), source };
+    store.get(path).await.map_err(read)?.bytes().await.map_err(read)
+}
+
+/// Read the index of the frozen manifest under `root/inputs/`.
+pub async fn read_index(root: &Location) -> Result<InputIndex, InputError> {
+    let path = root.child("inputs/index.json");
+    let uri = root.uri_of(&path);
+    let bytes = get(root.store.as_ref(), &uri, &path).await?;
+    let index: InputIndex = serde_json::from_slice(&bytes).map_err(|e| InputError::Parse {
+        uri: uri.clone(),
+        line: e.line(),
+        reason: e.to_string(),
+    })?;
+    if index.version != INPUT_MANIFEST_VERSION {
+        return Err(InputError::Parse {
+            uri,
+            line: 1,
+            reason: format!(
+                "input manifest version {} is not supported (expected {INPUT_MANIFEST_VERSION})",
+                index.version
+            ),
+        });
+    }
+    Ok(index)
+}
+
+/// The entries of shard `k` of `n`, reading only the parts that overlap its range and checking their hashes.
+pub async fn read_shard(root: &Location, index: &InputIndex, k: u64, n: u64) -> Result<Vec<InputEntry>, InputError> {
+    let range = shard_range(index.total, k, n)?;
+    let mut out = Vec::with_capacity((range.end - range.start) as usize);
+    let mut first = 0u64;
+    for part in &index.parts {
+        let part_range = first..first + part.count;
+        first += part.count;
+        if part_range.end <= range.start || part_range.start >= range.end {
+            continue;
+        }
+        let path = root.child(&part.path);
+        let uri = root.uri_of(&path);
+        let bytes = get(root.store.as_ref(), &uri, &path).await?;
+        let actual = sha256_hex(&bytes);
+        if actual != part.sha256 {
+            return Err(InputError::Checksum { uri, expected: part.sha256.clone(), actual });
+        }
+        for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let global = part_range.start + i as u64;
+            if !range.contains(&global) {
+                continue;
+            }
+            let entry: InputEntry = serde_json::from_slice(line).map_err(|e| InputError::Parse {
+                uri: uri.clone(),
+                line: i + 1,
+                reason: e.to_string(),
+            })?;
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn entries(keys: &[&str]) -> Vec<InputEntry> {
+        keys.iter().map(|k| InputEntry { dataset: "d".into(), key: (*k).into(), size: 1 }).collect()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    #[test]
+    fn bad_shard_numbers_are_errors() {
+        assert!(matches!(shard_range(10, 0, 0), Err(InputError::NoShards)));
+        assert!(matches!(shard_range(10, 3, 3), Err(InputError::BadShard { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn every_index_in_exactly_one_shard(total in 0u64..5000, n in 1u64..64) {
+            let mut seen = vec![0u8; total as usize];
+            let mut prev_end = 0;
+            for k in 0..n {
+                let r = shard_range(total, k, n).unwrap();
+                prop_assert_eq!(r.start, prev_end);
+                prev_end = r.end;
+                // Balanced: sizes differ by at most one.
+                let len = r.end - r.start;
+                prop_assert!(len == total / n || len == total / n + 1);
+                for i in r { seen[i as usize] += 1; }
+            }
+            prop_assert_eq!(prev_end, total);
+            prop_assert!(seen.iter().all(|&c| c == 1));
+        }
+
+        #[test]
+        fn plan_does_not_depend_on_listing_order(
+            keys in proptest::collection::btree_set("[a-z]{1,6}", 1..200),
+            seed in any::<u64>(),
+            n in 1u64..9,
+            part in 1usize..50,
+        ) {
+            let sorted: Vec<String> = keys.into_iter().collect();
+            let mut shuffled = sorted.clone();
+            // Deterministic shuffle from the seed, plus a duplicate to show de-duplication.
+            let mut s = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            shuffled.push(shuffled[0].clone());
+            let a = Location::from_store(Arc::new(InMemory::new()), "a", "memory:///a");
+            let b = Location::from_store(Arc::new(InMemory::new()), "b", "memory:///b");
+            let refs_sorted: Vec<&str> = sorted.iter().map(String::as_str).collect();
+            let refs_shuffled: Vec<&str> = shuffled.iter().map(String::as_str).collect();
+            let rt = rt();
+            let ia = rt.block_on(freeze(&a, entries(&refs_sorted), part)).unwrap();
+            let ib = rt.block_on(freeze(&b, entries(&refs_shuffled), part)).unwrap();
+            prop_assert_eq!(&ia.sha256, &ib.sha256);
+            let mut union = Vec::new();
+            for k in 0..n {
+                let sa = rt.block_on(read_shard(&a, &ia, k, n)).unwrap();
+                let sb = rt.block_on(read_shard(&b, &ib, k, n)).unwrap();
+                prop_assert_eq!(&sa, &sb);
+                union.extend(sa.into_iter().map(|e| e.key));
+            }
+            prop_assert_eq!(union, sorted);
+        }
+    }
+
+    #[test]
+    fn tampered_part_is_detected() {
+        let rt = rt();
+        let root = Location::from_store(Arc::new(InMemory::new()), "r", "memory:///r");
+        let index = rt.block_on(freeze(&root, entries(&["a", "b", "c"]), 2)).unwrap();
+        rt.block_on(put(&root, "inputs/part-00000.jsonl", Bytes::from_static(b"{}\n"))).unwrap();
+        let err = rt.block_on(read_shard(&root, &index, 0, 1)).unwrap_err();
+        assert!(matches!(err, InputError::Checksum { .. }), "{err}");
+        assert!(err.to_string().contains("part-00000.jsonl"));
+    }
+
+    #[test]
+    fn listing_filters_and_relativises_keys() {
+        let rt = rt();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for k in ["p/x/1.jpg", "p/x/2.png", "p/x/readme.txt", "q/3.jpg"] {
+            rt.block_on(store.put(&Path::from(k), PutPayload::from_static(b"abc"))).unwrap();
+        }
+        let loc = Location::from_store(store, "p", "memory:///p");
+        let got = rt.block_on(list_entries(&[("d".into(), loc)], |k| !k.ends_with(".txt"))).unwrap();
+        let keys: Vec<_> = got.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["x/1.jpg", "x/2.png"]);
+        assert_eq!(got[0].size, 3);
+    }
+}
