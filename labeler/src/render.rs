@@ -8,16 +8,18 @@
 //! Every record becomes one row picture, `<to>/<dataset>-<key>.png`, with three panels left to right:
 //!
 //! * **(a)** the image with its boxes (2 px, one colour per class, a tag with class name and score), under
-//!   two strips: classification (origin, top class and its probability) and detection (origin, box count);
+//!   two strips: classification (top class, its probability, origin) and detection (box count, origin);
 //! * **(b)** the segmentation mask in the class palette, blended half-and-half over the image; ignored
 //!   pixels (255) are an opaque dark checker ([`IGNORE_CHECKER`]);
 //! * **(c)** depth in the viridis colour map, near = bright: inverse-relative depth as stored, metric depth
 //!   inverted first (as the teachers see it); values are stretched between the 1st and 99th percentile.
 //!
 //! Each strip is coloured by where the label came from ([`ORIGIN_SUPERVISED`] green, [`ORIGIN_PSEUDO`]
-//! blue, [`ORIGIN_ABSENT`] grey) and says so in text, e.g. `SEG PSEUDO:DEMO-SEGMENTER`. Masks and depth
-//! maps are scaled with nearest neighbour so their real resolution stays visible. `<to>/index.png` puts
-//! the first [`INDEX_MAX_ROWS`] rows in one roughly square grid.
+//! blue, [`ORIGIN_ABSENT`] grey) and says so in text, e.g. `SEG PSEUDO:DEMO-SEGMENTER`; the label's content
+//! comes before the origin (`CLS BEACH 0.97 PSEUDO:...`), so a narrow panel cuts the origin, which the
+//! colour still tells, and a cut is marked with `~`. Masks and depth maps are scaled with nearest
+//! neighbour so their real resolution stays visible. `<to>/index.png` puts the first [`INDEX_MAX_ROWS`]
+//! rows in one roughly square grid.
 //!
 //! Class names come from the `must.teachers` footer key of each records file (a pseudo label uses its
 //! teacher's list, a supervised label the list of the teacher of its task, which the config requires to
@@ -141,7 +143,8 @@ pub async fn render_location(loc: &shards::Location, to: &Path, count: usize) ->
             let classes = ClassNames::from_footer(&opened.key_value, &file_uri);
             let mut stream = opened.stream(&[], 16).map_err(read_err)?;
             while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|source| read_err(shards::ReadError::Batch { uri: file_uri.clone(), source }))?;
+                let batch =
+                    batch.map_err(|source| read_err(shards::ReadError::Batch { uri: file_uri.clone(), source }))?;
                 let records = schemas::batch_to_records(&batch)
                     .map_err(|source| RenderError::Rows { file: file_uri.clone(), source })?;
                 for record in records {
@@ -303,8 +306,9 @@ pub fn render_record(record: &ImageRecord, classes: &ClassNames) -> RgbImage {
     let cls_text = match &record.cls {
         Some(cls) => {
             let names = classes.for_label(Task::Cls, &cls.source);
-            let (best, p) = cls.probs.iter().enumerate().fold((0, f32::MIN), |m, (i, &p)| if p > m.1 { (i, p) } else { m });
-            format!("CLS {} {} {:.2}", origin_text(Some(&cls.source)), class_name(names, best), p)
+            let (best, p) =
+                cls.probs.iter().enumerate().fold((0, f32::MIN), |m, (i, &p)| if p > m.1 { (i, p) } else { m });
+            format!("CLS {} {p:.2} {}", class_name(names, best), origin_text(Some(&cls.source)))
         }
         None => "CLS ABSENT".to_owned(),
     };
@@ -317,7 +321,13 @@ pub fn render_record(record: &ImageRecord, classes: &ClassNames) -> RgbImage {
     };
     let cls_source = record.source(Task::Cls);
     let det_source = record.source(Task::Det);
-    place_panel(&mut row, &layout, 0, &a, [(&cls_text, origin_colour(cls_source)), (&det_text, origin_colour(det_source))]);
+    place_panel(
+        &mut row,
+        &layout,
+        0,
+        &a,
+        [(&cls_text, origin_colour(cls_source)), (&det_text, origin_colour(det_source))],
+    );
 
     // (b) segmentation.
     let (b, seg_info) = match &record.seg {
@@ -325,7 +335,13 @@ pub fn render_record(record: &ImageRecord, classes: &ClassNames) -> RgbImage {
         None => (absent_panel(&image), "NO MASK".to_owned()),
     };
     let seg_text = format!("SEG {}", origin_text(record.source(Task::Seg)));
-    place_panel(&mut row, &layout, 1, &b, [(&seg_text, origin_colour(record.source(Task::Seg))), (&seg_info, INFO_STRIP)]);
+    place_panel(
+        &mut row,
+        &layout,
+        1,
+        &b,
+        [(&seg_text, origin_colour(record.source(Task::Seg))), (&seg_info, INFO_STRIP)],
+    );
 
     // (c) depth.
     let (c, depth_info) = match &record.depth {

@@ -10,10 +10,10 @@
 //!
 //! The decode rule does not depend on `bits`, so the writer may choose it per row. Relative
 //! (teacher) depth uses [`DEPTH_BITS_RELATIVE`] = 10 bits: a step of 1/1023 of the range is about
-//! the noise of a teacher's map, and the extra bits would store that noise and defeat compression
-//! (measured by `shards`' `bytes_per_image` example: 16 bits cost 2.3x the bytes). Metric ground
-//! truth keeps [`DEPTH_BITS_METRIC`] = 16 bits, because its error matters in absolute terms near the
-//! camera (a 0.5-80 m map at 10 bits would be off by up to 4 cm everywhere).
+//! the noise of a teacher's map, and extra bits would store that noise and defeat compression (in
+//! the `bytes_per_image` example of `shards`, 16 bits take twice the bytes of 10). Metric ground
+//! truth keeps [`DEPTH_BITS_METRIC`] = 16 bits, because its error matters in absolute terms near
+//! the camera (a 0.5-80 m map at 10 bits would be off by up to 4 cm everywhere).
 
 use crate::record::DepthKind;
 

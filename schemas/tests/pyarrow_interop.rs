@@ -64,7 +64,7 @@ fn records() -> Vec<ImageRecord> {
     let (h, w) = (16u16, 24u16);
     let mask = (0..usize::from(h) * usize::from(w))
         .map(|i| match (i % usize::from(w), i / usize::from(w)) {
-            (x, _) if x == 11 => SEG_IGNORE,
+            (11, _) => SEG_IGNORE,
             (x, y) if x < 11 && y < 5 => 0,
             (x, _) if x < 11 => 7,
             _ => 20,

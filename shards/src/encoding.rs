@@ -49,22 +49,22 @@ const ZSTD_LEVEL_SMALL: i32 = 9;
 
 /// Writer properties for files of image records ([`schemas::image_schema`]).
 ///
-/// Value encodings, measured on the reference record of the `bytes_per_image` example (bytes per
-/// image of the column, all with zstd level 3; `--compare` prints the table):
+/// Value encodings, measured on the reference records of the `bytes_per_image` example (bytes per
+/// image of the column; `--compare` prints the full table with write speeds):
 ///
 /// | column | chosen | alternatives |
 /// |---|---|---|
-/// | `cls_probs` | BYTE_STREAM_SPLIT: 616 | dictionary 831, PLAIN 935, DELTA_BINARY_PACKED 1260 |
-/// | `seg_mask` | dictionary (RLE of indices): 610 | BYTE_STREAM_SPLIT 650, PLAIN 835, DELTA_BINARY_PACKED 1335 |
-/// | `depth_q` (10-bit) | BYTE_STREAM_SPLIT: 11809 | DELTA_BINARY_PACKED 13710, dictionary 14648, PLAIN 14903 |
-/// | `det_boxes.*` | PLAIN: 361 | (few values per image) |
+/// | `cls_probs` | dictionary + zstd(9): 806 | PLAIN + zstd(9) 853, DELTA_BINARY_PACKED 1260 |
+/// | `det_boxes` | BYTE_STREAM_SPLIT (floats; `class_id` PLAIN) + zstd(9): 342 | PLAIN 360, dictionary 503 |
+/// | `seg_mask` | dictionary (RLE indices) + zstd(9): 544 | PLAIN + zstd(9) 659, DELTA_BINARY_PACKED 1335 |
+/// | `depth_q` (10-bit codes) | DELTA_BINARY_PACKED + zstd(3): 13710 | PLAIN + zstd(3) 14903, + zstd(6) 12578, dictionary + zstd(9) 13560 |
 /// | `image` | PLAIN, uncompressed | (already compressed) |
 ///
-/// BYTE_STREAM_SPLIT puts the mostly-zero high bytes of the `u16` codes (stored as Parquet INT32)
-/// in their own streams, which zstd then nearly removes. DELTA_BINARY_PACKED loses on depth because
-/// one object boundary in a 128-value block widens every miniblock of it. zstd levels 9 and 19 save
-/// a further 5% and 25% on `depth_q` at several times the CPU; level 3 keeps writing far cheaper
-/// than inference.
+/// Everything here must stay readable by common readers: BYTE_STREAM_SPLIT on integer columns
+/// measured best for `cls_probs` (616) and `depth_q` (11809), but duckdb 1.4 reads it only for
+/// FLOAT/DOUBLE, so it is used for the box coordinates alone. `depth_q` could be 8% smaller with
+/// PLAIN + zstd(6), at a third of the write speed. DELTA_BINARY_PACKED does worse on smooth maps than
+/// one might expect because one object boundary in a 128-value block widens every miniblock of it.
 pub fn record_writer_properties() -> WriterProperties {
     let image = image_schema_paths();
     let mut builder = common(RecordKind::Image);
@@ -314,7 +314,7 @@ mod tests {
         }
         let depth: Vec<_> = paths.iter().filter(|(top, _)| top == columns::DEPTH_Q).collect();
         assert_eq!(depth.len(), 1);
-        assert_eq!(props.encoding(&depth[0].1), Some(Encoding::BYTE_STREAM_SPLIT));
+        assert_eq!(props.encoding(&depth[0].1), Some(Encoding::DELTA_BINARY_PACKED));
         assert!(!props.dictionary_enabled(&depth[0].1));
         assert_eq!(paths.iter().filter(|(top, _)| top == columns::DET_BOXES).count(), 6);
     }
