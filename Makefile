@@ -84,5 +84,14 @@ demo: build $(WORLD)/world.json
 	$(MAKE) label-all
 	$(MAKE) render
 
+# Whole-pipeline numbers on 640x480 images: per-stage busy time next to wall time (BENCHMARKS.md).
+bench-label: build
+	@test -f $(ROOT)/out/bench/world/world.json || $(BIN)/world --out $(ROOT)/out/bench/world --width 640 --height 480 --cls 0 --det 0 --seg 0 --depth 0 --eval 0 --pool 512
+	rm -rf $(ROOT)/out/bench/shards
+	$(BIN)/labeler run --config configs/bench-label.toml --shard 0 --num-shards 1 --plan-if-missing --stats-json $(ROOT)/out/bench/label-stats.json
+	cat $(ROOT)/out/bench/label-stats.json
+
+bench: bench-label
+
 clean-out:
 	rm -rf $(ROOT)/out
