@@ -59,14 +59,15 @@ const BACKGROUND: [u8; 3] = [24, 24, 24];
 const INFO_STRIP: [u8; 3] = [44, 44, 44];
 const BOX_WIDTH: u32 = 2;
 
-/// Why rendering failed; each variant names the location or file it concerns.
+/// Why rendering failed; each variant names the location or file it concerns. The large sources are boxed
+/// so a `Result` stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("opening output location {output}")]
     Open {
         output: String,
         #[source]
-        source: shards::OpenError,
+        source: Box<shards::OpenError>,
     },
     #[error("starting the I/O runtime for {output}")]
     Runtime {
@@ -78,13 +79,13 @@ pub enum RenderError {
     Manifests {
         output: String,
         #[source]
-        source: shards::CommitError,
+        source: Box<shards::CommitError>,
     },
     #[error("reading records file {file}")]
     Read {
         file: String,
         #[source]
-        source: shards::ReadError,
+        source: Box<shards::ReadError>,
     },
     #[error("converting rows of records file {file}")]
     Rows {
@@ -113,7 +114,8 @@ pub enum RenderError {
 /// Returns the row pictures in record order, then `index.png`. Runs its own I/O runtime, so it must not
 /// be called from async code; use [`render_location`] there.
 pub fn render_shards(output: &str, to: &Path, count: usize) -> Result<Vec<PathBuf>, RenderError> {
-    let loc = shards::open(output).map_err(|source| RenderError::Open { output: output.to_owned(), source })?;
+    let loc = shards::open(output)
+        .map_err(|source| RenderError::Open { output: output.to_owned(), source: Box::new(source) })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -129,7 +131,7 @@ pub async fn render_location(loc: &shards::Location, to: &Path, count: usize) ->
     let output = loc.display.clone();
     let manifests = shards::committed_manifests(loc)
         .await
-        .map_err(|source| RenderError::Manifests { output: output.clone(), source })?;
+        .map_err(|source| RenderError::Manifests { output: output.clone(), source: Box::new(source) })?;
     std::fs::create_dir_all(to).map_err(|source| RenderError::CreateDir { path: to.to_owned(), source })?;
 
     let mut written = Vec::new();
@@ -138,7 +140,7 @@ pub async fn render_location(loc: &shards::Location, to: &Path, count: usize) ->
     'files: for (_, manifest) in &manifests {
         for file in manifest.files.iter().filter(|f| f.kind == ManifestFile::RECORDS) {
             let file_uri = loc.uri_of(&loc.child(&file.path));
-            let read_err = |source| RenderError::Read { file: file_uri.clone(), source };
+            let read_err = |source| RenderError::Read { file: file_uri.clone(), source: Box::new(source) };
             let opened = shards::open_file(loc, &file.path, file.bytes).await.map_err(read_err)?;
             let classes = ClassNames::from_footer(&opened.key_value, &file_uri);
             let mut stream = opened.stream(&[], 16).map_err(read_err)?;

@@ -94,10 +94,8 @@ fn deploy_kubernetes_indexed_job_runs_one_shard_per_index() {
     assert!(toml.get("output").is_some() && toml.get("teachers").is_some() && toml.get("dataset").is_some());
 
     // The binary takes these flags and the index from JOB_COMPLETION_INDEX.
-    let args: Vec<String> = command[1..]
-        .iter()
-        .map(|a| if a == "$(NUM_SHARDS)" { num_shards.to_string() } else { a.clone() })
-        .collect();
+    let args: Vec<String> =
+        command[1..].iter().map(|a| if a == "$(NUM_SHARDS)" { num_shards.to_string() } else { a.clone() }).collect();
     assert_flags_accepted(&args, &[("JOB_COMPLETION_INDEX", "3")]);
 
     // And the plan job plans with the same config.
@@ -117,7 +115,10 @@ fn deploy_slurm_array_runs_labeler_with_requeue() {
     assert_eq!(lo, "0", "shard indices start at 0");
     let n: u64 = hi.parse::<u64>().unwrap() + 1;
     assert!(directives.contains(&"--requeue"));
-    assert!(script.contains(&format!("NUM_SHARDS=${{NUM_SHARDS:-{n}}}")), "NUM_SHARDS default must be the array size {n}");
+    assert!(
+        script.contains(&format!("NUM_SHARDS=${{NUM_SHARDS:-{n}}}")),
+        "NUM_SHARDS default must be the array size {n}"
+    );
     let run = script.lines().find(|l| l.trim_start().starts_with("exec labeler ")).expect("an exec labeler line");
     assert!(run.contains("labeler run --config"), "{run}");
 

@@ -9,7 +9,8 @@ use image::{ImageFormat, Rgb, RgbImage};
 use labeler::render::{class_colour, render_shards, row_layout, IGNORE_CHECKER, ORIGIN_PSEUDO, ORIGIN_SUPERVISED};
 use parquet::file::metadata::KeyValue;
 use schemas::{
-    ClsLabel, DepthKind, DepthLabel, DetBox, DetLabel, ImageRecord, LabelSource, ManifestCounts, SegLabel, ShardManifest,
+    ClsLabel, DepthKind, DepthLabel, DetBox, DetLabel, ImageRecord, LabelSource, ManifestCounts, SegLabel,
+    ShardManifest,
 };
 
 const W: u32 = 64;
