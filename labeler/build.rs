@@ -8,9 +8,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MUST_PYTHON");
     println!("cargo:rerun-if-env-changed=ORT_DYLIB_PATH");
     let workspace = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    let python = std::env::var("MUST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace.join(".venv/bin/python"));
+    let python = std::env::var("MUST_PYTHON").map(PathBuf::from).unwrap_or_else(|_| workspace.join(".venv/bin/python"));
     let found = Command::new(&python)
         .args([
             "-c",

@@ -188,8 +188,8 @@ fn read(file: &Path) -> Result<String, ConfigError> {
 /// Load teacher specs from a `[[teacher]]` file.
 pub fn load_teacher_file(file: &Path, defaults: &Thresholds) -> Result<Vec<SpecEntry>, ConfigError> {
     let text = read(file)?;
-    let parsed: TeacherFile =
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { file: file.display().to_string(), message: e.to_string() })?;
+    let parsed: TeacherFile = toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { file: file.display().to_string(), message: e.to_string() })?;
     let thresholds = parsed.thresholds.unwrap_or(*defaults);
     parsed
         .teachers
@@ -202,8 +202,8 @@ impl LabelConfig {
     /// Load and validate `file`; `output` overrides the file's output location.
     pub fn load(file: &Path, output: Option<&str>) -> Result<Self, ConfigError> {
         let text = read(file)?;
-        let raw: RawConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { file: file.display().to_string(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { file: file.display().to_string(), message: e.to_string() })?;
         let base = file.parent().unwrap_or(Path::new(".")).to_owned();
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
             file: file.display().to_string(),
@@ -235,7 +235,10 @@ impl LabelConfig {
         let mut datasets = raw.datasets.clone();
         for (i, d) in datasets.iter_mut().enumerate() {
             if d.name.is_empty() || d.name.contains(['/', '\t', '\n']) {
-                return Err(invalid(&format!("dataset[{i}].name"), format!("{:?} must be non-empty without '/'", d.name)));
+                return Err(invalid(
+                    &format!("dataset[{i}].name"),
+                    format!("{:?} must be non-empty without '/'", d.name),
+                ));
             }
             if !dataset_names.insert(d.name.clone()) {
                 return Err(invalid(&format!("dataset[{i}].name"), format!("{:?} appears twice", d.name)));
@@ -246,7 +249,10 @@ impl LabelConfig {
                 Some(SupervisedSource::WorldTruth { location, tasks }) => {
                     *location = resolve_location(location, &base);
                     if tasks.is_empty() {
-                        return Err(invalid(&format!("dataset[{i}].supervised.tasks"), "list at least one task".into()));
+                        return Err(invalid(
+                            &format!("dataset[{i}].supervised.tasks"),
+                            "list at least one task".into(),
+                        ));
                     }
                 }
                 Some(SupervisedSource::ClassTable { file }) => *file = resolve_location(file, &base),

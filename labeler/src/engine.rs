@@ -36,7 +36,12 @@ pub enum EngineError {
 
 const ENGINES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
     ("Kubernetes Indexed Job", "JOB_COMPLETION_INDEX", None, None),
-    ("AWS Batch array job", "AWS_BATCH_JOB_ARRAY_INDEX", Some("AWS_BATCH_JOB_ARRAY_SIZE"), Some("AWS_BATCH_JOB_ATTEMPT")),
+    (
+        "AWS Batch array job",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        Some("AWS_BATCH_JOB_ARRAY_SIZE"),
+        Some("AWS_BATCH_JOB_ATTEMPT"),
+    ),
     ("Slurm job array", "SLURM_ARRAY_TASK_ID", Some("SLURM_ARRAY_TASK_COUNT"), Some("SLURM_RESTART_COUNT")),
     ("GCP Batch", "BATCH_TASK_INDEX", Some("BATCH_TASK_COUNT"), Some("BATCH_TASK_RETRY_ATTEMPT")),
 ];
@@ -44,11 +49,9 @@ const ENGINES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
 fn number(env: &HashMap<String, String>, var: &str) -> Result<Option<u64>, EngineError> {
     match env.get(var) {
         None => Ok(None),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| EngineError::NotANumber { var: var.to_owned(), value: v.clone() }),
+        Some(v) => {
+            v.trim().parse().map(Some).map_err(|_| EngineError::NotANumber { var: var.to_owned(), value: v.clone() })
+        }
     }
 }
 
@@ -66,9 +69,7 @@ pub fn resolve(
     };
     let (index, source) = match (shard, engine) {
         (Some(k), _) => (k, "--shard".to_owned()),
-        (None, Some((name, var, _, _))) => {
-            (number(env, var)?.expect("present"), format!("{name} ({var})"))
-        }
+        (None, Some((name, var, _, _))) => (number(env, var)?.expect("present"), format!("{name} ({var})")),
         (None, None) => return Err(EngineError::MissingIndex),
     };
     let count = match (num_shards, &env_count) {

@@ -1,6 +1,9 @@
 //! `labeler`: plan, label and inspect shards of pseudo labels. Thin: parse flags, load the validated
 //! config, call the library, print `{error:#}` and exit non-zero on failure.
 
+// A binary prints its results; the print lints are for the libraries.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -115,7 +118,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plan { config, output } => {
             let cfg = LabelConfig::load(&config, output.as_deref())?;
             let index = pipeline::plan(&cfg)?;
-            println!("planned {} inputs in {} part(s) under {}/inputs (sha256 {})", index.total, index.parts.len(), cfg.output, index.sha256);
+            println!(
+                "planned {} inputs in {} part(s) under {}/inputs (sha256 {})",
+                index.total,
+                index.parts.len(),
+                cfg.output,
+                index.sha256
+            );
         }
         Command::Run { config, shard, num_shards, output, plan_if_missing, stats_json } => {
             let cfg = LabelConfig::load(&config, output.as_deref())?;
@@ -134,7 +143,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             let bar: Box<dyn Progress> = if std::io::stderr().is_terminal() {
                 let pb = ProgressBar::new(0);
-                pb.set_style(ProgressStyle::with_template("{spinner} shard {msg} [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")?);
+                pb.set_style(ProgressStyle::with_template(
+                    "{spinner} shard {msg} [{bar:40}] {pos}/{len} images {per_sec} eta {eta}",
+                )?);
                 pb.set_message(shard.to_string());
                 Box::new(Bar(pb))
             } else {
@@ -150,12 +161,18 @@ fn run(cli: Cli) -> Result<()> {
                     println!(
                         "shard {shard} {}: {} inputs -> {} labelled, {} errors {:?}; {:.1} images/s over {:.1} s",
                         if won { "committed" } else { "was committed by another attempt meanwhile" },
-                        stats.inputs, stats.labelled, stats.errors, stats.errors_by_reason, stats.images_per_second, stats.wall_seconds
+                        stats.inputs,
+                        stats.labelled,
+                        stats.errors,
+                        stats.errors_by_reason,
+                        stats.images_per_second,
+                        stats.wall_seconds
                     );
                     let stages: Vec<String> = stats.stage_seconds.iter().map(|(k, v)| format!("{k} {v:.2}s")).collect();
                     println!("stage busy time: {}", stages.join(", "));
                     if let Some(path) = stats_json {
-                        std::fs::write(&path, serde_json::to_vec_pretty(&stats)?).with_context(|| format!("writing {}", path.display()))?;
+                        std::fs::write(&path, serde_json::to_vec_pretty(&stats)?)
+                            .with_context(|| format!("writing {}", path.display()))?;
                     }
                 }
             }
@@ -164,7 +181,13 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = LabelConfig::load(&config, None)?;
             for entry in &cfg.teachers {
                 let t = labeler::teacher::Teacher::load(&entry.spec, &entry.file, cfg.run.provider, 1)?;
-                println!("{} ({:?}) {} sha256 {}", entry.spec.name, entry.spec.task, entry.spec.model.display(), &t.model_sha256()[..16]);
+                println!(
+                    "{} ({:?}) {} sha256 {}",
+                    entry.spec.name,
+                    entry.spec.task,
+                    entry.spec.model.display(),
+                    &t.model_sha256()[..16]
+                );
                 println!("    {}", t.describe());
             }
         }
@@ -174,7 +197,14 @@ fn run(cli: Cli) -> Result<()> {
             let manifests = rt.block_on(shards::committed_manifests(&out))?;
             let (mut rows, mut errors) = (0, 0);
             for (uri, m) in &manifests {
-                println!("{uri}: shard {}/{} labelled {} errors {} files {}", m.shard, m.num_shards, m.counts.labelled_rows, m.counts.error_rows, m.files.len());
+                println!(
+                    "{uri}: shard {}/{} labelled {} errors {} files {}",
+                    m.shard,
+                    m.num_shards,
+                    m.counts.labelled_rows,
+                    m.counts.error_rows,
+                    m.files.len()
+                );
                 rows += m.counts.labelled_rows;
                 errors += m.counts.error_rows;
             }
@@ -198,7 +228,11 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MUST_LOG").unwrap_or_else(|_| "info,ort=warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -11,6 +11,10 @@
 //! Every input ends in exactly one place: a record row, or an error row naming the stage and reason.
 //! Output rows follow the sorted input order, so the same shard gives byte-identical Parquet on re-runs.
 
+// Error rows (`ErrorRecord`) travel by value through `Result`s once per failed image; boxing them would
+// only add an allocation on the error path.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -127,11 +131,7 @@ pub fn plan(cfg: &LabelConfig) -> Result<InputIndex, PipelineError> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(PipelineError::Runtime)
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(PipelineError::Runtime)
 }
 
 fn schema_task(t: Task) -> schemas::Task {
@@ -156,7 +156,6 @@ enum SupervisedCtx {
     Table(Arc<HashMap<String, u16>>),
 }
 
-
 fn load_class_table(file: &str, classes: usize) -> Result<HashMap<String, u16>, PipelineError> {
     let bad = |reason: String| PipelineError::Supervised { file: file.to_owned(), reason };
     let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
@@ -166,8 +165,10 @@ fn load_class_table(file: &str, classes: usize) -> Result<HashMap<String, u16>, 
         if line.is_empty() || (i == 0 && line.starts_with("key")) {
             continue;
         }
-        let (key, class) = line.rsplit_once(',').ok_or_else(|| bad(format!("line {}: expected `key,class_id`", i + 1)))?;
-        let class: u16 = class.trim().parse().map_err(|_| bad(format!("line {}: class id {class:?} is not a number", i + 1)))?;
+        let (key, class) =
+            line.rsplit_once(',').ok_or_else(|| bad(format!("line {}: expected `key,class_id`", i + 1)))?;
+        let class: u16 =
+            class.trim().parse().map_err(|_| bad(format!("line {}: class id {class:?} is not a number", i + 1)))?;
         if class as usize >= classes {
             return Err(bad(format!("line {}: class id {class} is not below the {classes} classes", i + 1)));
         }
@@ -227,7 +228,13 @@ async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64) -> Fetche
     let path = ds.images.child(&entry.key);
     let uri = ds.images.uri_of(&path);
     let bytes = if entry.size > max_bytes {
-        Err(error_record(&entry, &uri, Stage::Fetch, "too_large", format!("{} bytes is over the limit of {max_bytes}", entry.size)))
+        Err(error_record(
+            &entry,
+            &uri,
+            Stage::Fetch,
+            "too_large",
+            format!("{} bytes is over the limit of {max_bytes}", entry.size),
+        ))
     } else {
         get_bytes(&ds.images, &entry.key, max_bytes)
             .await
@@ -306,7 +313,10 @@ fn supervised_labels(
                 match task {
                     Task::Classification => {
                         let n = class_counts[task];
-                        rec.cls = Some(ClsLabel { source: LabelSource::Supervised, probs: one_hot(t.scene_class as usize, n)? });
+                        rec.cls = Some(ClsLabel {
+                            source: LabelSource::Supervised,
+                            probs: one_hot(t.scene_class as usize, n)?,
+                        });
                     }
                     Task::Detection => {
                         let n = class_counts[task];
@@ -315,7 +325,14 @@ fn supervised_labels(
                             if b.class_id as usize >= n {
                                 return Err(bad(format!("box class {} is not below the {n} classes", b.class_id)));
                             }
-                            boxes.push(DetBox { x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1, class_id: b.class_id as u16, score: 1.0 });
+                            boxes.push(DetBox {
+                                x0: b.x0,
+                                y0: b.y0,
+                                x1: b.x1,
+                                y1: b.y1,
+                                class_id: b.class_id as u16,
+                                score: 1.0,
+                            });
                         }
                         rec.det = Some(DetLabel { source: LabelSource::Supervised, boxes });
                     }
@@ -371,7 +388,12 @@ fn apply_prediction(rec: &mut ImageRecord, spec: &TeacherSpec, p: Prediction) {
 
 /// Footer key-value metadata: everything needed to know how the labels were made. No timestamps or
 /// attempt ids, so re-runs are byte-identical.
-fn provenance(cfg: &LabelConfig, teachers: &[(TeacherSpec, String)], index: &InputIndex, shard: ShardId) -> Vec<KeyValue> {
+fn provenance(
+    cfg: &LabelConfig,
+    teachers: &[(TeacherSpec, String)],
+    index: &InputIndex,
+    shard: ShardId,
+) -> Vec<KeyValue> {
     let teachers_json: Vec<_> = teachers
         .iter()
         .map(|(spec, sha)| {
@@ -419,7 +441,12 @@ struct FileRoller {
 }
 
 impl FileRoller {
-    fn new(schema: arrow_schema::SchemaRef, props: parquet::file::properties::WriterProperties, file_rows: u64, file_bytes: usize) -> Self {
+    fn new(
+        schema: arrow_schema::SchemaRef,
+        props: parquet::file::properties::WriterProperties,
+        file_rows: u64,
+        file_bytes: usize,
+    ) -> Self {
         Self { schema, props, writer: None, rows_in_file: 0, file_rows, file_bytes }
     }
 
@@ -430,7 +457,8 @@ impl FileRoller {
         let mut offset = 0;
         if batch.num_rows() == 0 && self.writer.is_none() {
             // An empty batch still opens a file, so an empty errors file is written.
-            self.writer = Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
+            self.writer =
+                Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
         }
         while offset < batch.num_rows() {
             if self.writer.is_none() {
@@ -474,7 +502,12 @@ impl StageClock {
 }
 
 /// Label shard `shard` of the plan under `cfg.output`, committing it as `attempt`.
-pub fn run_shard(cfg: &LabelConfig, shard: ShardId, attempt: &str, progress: &dyn Progress) -> Result<ShardOutcome, PipelineError> {
+pub fn run_shard(
+    cfg: &LabelConfig,
+    shard: ShardId,
+    attempt: &str,
+    progress: &dyn Progress,
+) -> Result<ShardOutcome, PipelineError> {
     let out = shards::open(&cfg.output)?;
     run_shard_at(cfg, &out, shard, attempt, progress)
 }
@@ -576,7 +609,18 @@ pub fn run_shard_at(
             let class_counts = class_counts.clone();
             let threads = cfg.run.decode_threads;
             scope.spawn(move || {
-                decode_stage(fetch_rx, decode_tx, threads, limits, scaled_decode, min_side, store_images, &datasets, &class_counts, &clocks)
+                decode_stage(
+                    fetch_rx,
+                    decode_tx,
+                    threads,
+                    limits,
+                    scaled_decode,
+                    min_side,
+                    store_images,
+                    &datasets,
+                    &class_counts,
+                    &clocks,
+                )
             })
         };
         // Inference workers share one queue of decoded chunks.
@@ -651,7 +695,13 @@ fn fetch_stage(
                             Some(ds) => fetch_one(entry, &ds, max_bytes).await,
                             None => {
                                 let uri = format!("{}/{}", entry.dataset, entry.key);
-                                let err = error_record(&entry, &uri, Stage::Fetch, "unknown_dataset", format!("dataset {:?} is not in the config", entry.dataset));
+                                let err = error_record(
+                                    &entry,
+                                    &uri,
+                                    Stage::Fetch,
+                                    "unknown_dataset",
+                                    format!("dataset {:?} is not in the config", entry.dataset),
+                                );
                                 Fetched { entry, uri, bytes: Err(err), truth: None }
                             }
                         }
@@ -722,7 +772,8 @@ fn decode_one(
             decode::decode(&bytes, limits)
         }
         .map_err(|e| error_record(&entry, &uri, Stage::Decode, e.reason, e.detail))?;
-        let mut rec = ImageRecord::new(entry.key.clone(), entry.dataset.clone(), uri.clone(), decoded.width, decoded.height);
+        let mut rec =
+            ImageRecord::new(entry.key.clone(), entry.dataset.clone(), uri.clone(), decoded.width, decoded.height);
         rec.image_format = Some(decoded.format.to_owned());
         if let Some(ctx) = datasets.get(&entry.dataset).and_then(|d| d.supervised.as_ref()) {
             let truth = match &truth {
@@ -779,9 +830,8 @@ fn label_chunk(teachers: &mut [Teacher], items: Vec<Decoded>) -> Vec<Result<Imag
     for teacher in teachers.iter_mut() {
         let task = schema_task(teacher.spec().task);
         // Rows that still need this task.
-        let todo: Vec<usize> = (0..out.len())
-            .filter(|&i| matches!(&out[i], Ok(rec) if rec.source(task).is_none()))
-            .collect();
+        let todo: Vec<usize> =
+            (0..out.len()).filter(|&i| matches!(&out[i], Ok(rec) if rec.source(task).is_none())).collect();
         if todo.is_empty() {
             continue;
         }
@@ -807,7 +857,8 @@ fn label_chunk(teachers: &mut [Teacher], items: Vec<Decoded>) -> Vec<Result<Imag
                         Err(ImageFailure { stage, reason, detail }) => {
                             let (entry, uri) = &meta[i];
                             let stage = if stage == "preprocess" { Stage::Preprocess } else { Stage::Postprocess };
-                            out[i] = Err(error_record(entry, uri, stage, reason, format!("teacher {name:?}: {detail}")));
+                            out[i] =
+                                Err(error_record(entry, uri, stage, reason, format!("teacher {name:?}: {detail}")));
                         }
                     }
                 }
@@ -847,8 +898,10 @@ fn write_stage(
     let kv = provenance(cfg, teachers, index, shard);
     let record_props = with_provenance(shards::encoding::record_writer_properties(), Some(cfg.run.row_group_rows), &kv);
     let error_props = with_provenance(shards::encoding::error_writer_properties(), None, &kv);
-    let mut records = FileRoller::new(schemas::image_schema(), record_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
-    let mut errors = FileRoller::new(schemas::error_schema(), error_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
+    let mut records =
+        FileRoller::new(schemas::image_schema(), record_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
+    let mut errors =
+        FileRoller::new(schemas::error_schema(), error_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
     let mut committer = ShardCommitter::new(out.clone(), shard, attempt);
     let mut stats = ShardStats::default();
     let mut pending: BTreeMap<u64, Vec<Result<ImageRecord, ErrorRecord>>> = BTreeMap::new();
@@ -862,14 +915,15 @@ fn write_stage(
         }
         Ok(())
     };
-    let flush_records = |buf: &mut Vec<ImageRecord>, roller: &mut FileRoller| -> Result<Vec<(Vec<u8>, u64)>, PipelineError> {
-        if buf.is_empty() {
-            return Ok(Vec::new());
-        }
-        let batch = schemas::records_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
-        buf.clear();
-        roller.write(&batch)
-    };
+    let flush_records =
+        |buf: &mut Vec<ImageRecord>, roller: &mut FileRoller| -> Result<Vec<(Vec<u8>, u64)>, PipelineError> {
+            if buf.is_empty() {
+                return Ok(Vec::new());
+            }
+            let batch = schemas::records_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
+            buf.clear();
+            roller.write(&batch)
+        };
     for chunk in rx {
         pending.insert(chunk.seq, chunk.items);
         while let Some(items) = pending.remove(&next) {
@@ -916,10 +970,18 @@ fn write_stage(
         input_manifest_sha256: index.sha256.clone(),
         labeler_version: LABELER_VERSION.to_owned(),
         files: Vec::new(),
-        counts: ManifestCounts { labelled_rows: stats.labelled, error_rows: stats.errors, errors_by_reason: stats.errors_by_reason.clone() },
+        counts: ManifestCounts {
+            labelled_rows: stats.labelled,
+            error_rows: stats.errors,
+            errors_by_reason: stats.errors_by_reason.clone(),
+        },
         teachers: teachers
             .iter()
-            .map(|(spec, sha)| ManifestTeacher { name: spec.name.clone(), task: schema_task(spec.task), model_sha256: sha.clone() })
+            .map(|(spec, sha)| ManifestTeacher {
+                name: spec.name.clone(),
+                task: schema_task(spec.task),
+                model_sha256: sha.clone(),
+            })
             .collect(),
     };
     let outcome = rt.block_on(committer.commit(manifest))?;

@@ -31,9 +31,10 @@ pub fn class_distribution(scores: &[f32], kind: ScoreKind, temperature: f32) -> 
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             scores.iter().map(|&s| ((s - max) / temperature).exp()).collect()
         }
-        ScoreKind::Probabilities => {
-            scores.iter().map(|&p| if temperature == 1.0 { p.max(0.0) } else { p.max(0.0).powf(1.0 / temperature) }).collect()
-        }
+        ScoreKind::Probabilities => scores
+            .iter()
+            .map(|&p| if temperature == 1.0 { p.max(0.0) } else { p.max(0.0).powf(1.0 / temperature) })
+            .collect(),
     };
     let sum: f32 = out.iter().sum();
     if sum > 0.0 && sum.is_finite() {
@@ -158,7 +159,8 @@ pub fn to_original(t: &Transform, b: [f32; 4], class_id: u16, score: f32) -> Opt
     let y0 = t.y_to_norm(b[1]).clamp(0.0, 1.0);
     let x1 = t.x_to_norm(b[2]).clamp(0.0, 1.0);
     let y1 = t.y_to_norm(b[3]).clamp(0.0, 1.0);
-    if !(x1 > x0 && y1 > y0) || !score.is_finite() {
+    let valid = x1 > x0 && y1 > y0 && score.is_finite();
+    if !valid {
         return None;
     }
     Some(Detection { x0, y0, x1, y1, class_id, score: score.clamp(0.0, 1.0) })

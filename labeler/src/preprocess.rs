@@ -97,6 +97,7 @@ pub fn input_size_for(spec: &TeacherSpec, w: u32, h: u32, scale: f32) -> [u32; 2
 }
 
 /// Preprocess `img` for `spec` at multi-scale factor `scale` (1.0 for single-scale teachers).
+#[allow(clippy::needless_late_init)] // each resize policy sets the transform at the end of its own branch
 pub fn prepare(
     img: &RgbImage,
     spec: &TeacherSpec,
@@ -113,12 +114,17 @@ pub fn prepare(
     let transform;
     match spec.resize {
         Resize::Stretch | Resize::KeepAspect { .. } | Resize::Original => {
-            let mut dst = Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
-            resizer
-                .resize(img, &mut dst, &ResizeOptions::new().resize_alg(alg))
-                .map_err(|e| fail(e.to_string()))?;
-            transform =
-                Transform { scale_x: iw as f32, scale_y: ih as f32, offset_x: 0.0, offset_y: 0.0, width: iw, height: ih };
+            let mut dst =
+                Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
+            resizer.resize(img, &mut dst, &ResizeOptions::new().resize_alg(alg)).map_err(|e| fail(e.to_string()))?;
+            transform = Transform {
+                scale_x: iw as f32,
+                scale_y: ih as f32,
+                offset_x: 0.0,
+                offset_y: 0.0,
+                width: iw,
+                height: ih,
+            };
         }
         Resize::Letterbox { pad } => {
             let s = (iw as f32 / w as f32).min(ih as f32 / h as f32);
@@ -154,7 +160,8 @@ pub fn prepare(
             let crop_h = (ih as f32 / s).min(h as f32);
             let left = (w as f32 - crop_w) / 2.0;
             let top = (h as f32 - crop_h) / 2.0;
-            let mut dst = Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
+            let mut dst =
+                Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
             let opts = ResizeOptions::new().resize_alg(alg).crop(left as f64, top as f64, crop_w as f64, crop_h as f64);
             resizer.resize(img, &mut dst, &opts).map_err(|e| fail(e.to_string()))?;
             let sx = iw as f32 / crop_w;

@@ -97,20 +97,16 @@ pub fn session(teacher: &str, model: &Path, provider: Provider, threads: usize) 
         .map_err(|e| fail(e.into()))?;
     builder = match provider {
         Provider::Cpu => builder,
-        Provider::Cuda => builder
-            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
-            .map_err(|e| RuntimeError::ProviderMissing {
-                teacher: teacher.to_owned(),
-                provider,
-                message: e.to_string(),
-            })?,
-        Provider::Tensorrt => builder
-            .with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()])
-            .map_err(|e| RuntimeError::ProviderMissing {
-                teacher: teacher.to_owned(),
-                provider,
-                message: e.to_string(),
-            })?,
+        Provider::Cuda => {
+            builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()]).map_err(|e| {
+                RuntimeError::ProviderMissing { teacher: teacher.to_owned(), provider, message: e.to_string() }
+            })?
+        }
+        Provider::Tensorrt => {
+            builder.with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()]).map_err(
+                |e| RuntimeError::ProviderMissing { teacher: teacher.to_owned(), provider, message: e.to_string() },
+            )?
+        }
     };
     builder.commit_from_file(model).map_err(fail)
 }

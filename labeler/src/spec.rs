@@ -249,9 +249,8 @@ pub const PRESETS: &[&str] = &[
 
 fn preset(name: &str) -> Option<RawTeacher> {
     let mut p = RawTeacher::default();
-    let outputs = |pairs: &[(&str, usize)]| {
-        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), OutputRef::Index(*v))).collect())
-    };
+    let outputs =
+        |pairs: &[(&str, usize)]| Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), OutputRef::Index(*v))).collect());
     match name {
         "torchvision-classification" => {
             p.task = Some(Task::Classification);
@@ -301,8 +300,7 @@ fn preset(name: &str) -> Option<RawTeacher> {
             p.mean = Some([0.0; 3]);
             p.std = Some([1.0; 3]);
             p.label_offset = Some(0);
-            p.detection_format =
-                Some(if name == "yolo" { DetectionFormat::YoloRaw } else { DetectionFormat::YoloNms });
+            p.detection_format = Some(if name == "yolo" { DetectionFormat::YoloRaw } else { DetectionFormat::YoloNms });
             p.outputs = outputs(&[("output", 0)]);
         }
         "midas-small" | "midas-large" => {
@@ -395,7 +393,9 @@ impl TeacherSpec {
             None => Batch::Dynamic(batch_size),
             Some(toml::Value::String(s)) if s == "dynamic" => Batch::Dynamic(batch_size),
             Some(toml::Value::Integer(n)) if n >= 1 => Batch::Static(n as usize),
-            Some(other) => return Err(err("batch", format!("expected \"dynamic\" or a positive integer, got {other}"))),
+            Some(other) => {
+                return Err(err("batch", format!("expected \"dynamic\" or a positive integer, got {other}")))
+            }
         };
         if batch.size() == 0 {
             return Err(err("batch_size", "must be at least 1".into()));
@@ -564,17 +564,15 @@ classes = ["a", "b"]"#,
         assert!(msg.contains("\"x\"") && msg.contains("/cfg/teachers.toml") && msg.contains("`preset`"), "{msg}");
         let e = parse("name = \"x\"\nmodel = \"m.onnx\"\ntask = \"classification\"\ninput_size = [9, 9]").unwrap_err();
         assert_eq!(e.field, "classes");
-        let e = parse(
-            "name = \"x\"\nmodel = \"m.onnx\"\npreset = \"torchvision-detection\"\nclasses = [\"a\"]\nbatch = 4",
-        )
-        .unwrap_err();
+        let e =
+            parse("name = \"x\"\nmodel = \"m.onnx\"\npreset = \"torchvision-detection\"\nclasses = [\"a\"]\nbatch = 4")
+                .unwrap_err();
         assert_eq!(e.field, "batch");
-        let e = parse(
-            "name = \"x\"\nmodel = \"m.onnx\"\npreset = \"yolo\"\nclasses = [\"a\"]\nbox_threshold = 1.5",
-        )
-        .unwrap_err();
+        let e = parse("name = \"x\"\nmodel = \"m.onnx\"\npreset = \"yolo\"\nclasses = [\"a\"]\nbox_threshold = 1.5")
+            .unwrap_err();
         assert_eq!(e.field, "box_threshold");
-        let e = parse("name = \"x\"\nmodel = \"m.onnx\"\npreset = \"midas-small\"\noutputs = { boxes = 0 }").unwrap_err();
+        let e =
+            parse("name = \"x\"\nmodel = \"m.onnx\"\npreset = \"midas-small\"\noutputs = { boxes = 0 }").unwrap_err();
         assert_eq!(e.field, "outputs.boxes");
     }
 

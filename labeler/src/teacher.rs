@@ -82,7 +82,12 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
 
 impl Teacher {
     /// Load `spec`'s model (declared in `spec_file`) and check it against the spec.
-    pub fn load(spec: &TeacherSpec, spec_file: &Path, provider: Provider, threads: usize) -> Result<Self, TeacherError> {
+    pub fn load(
+        spec: &TeacherSpec,
+        spec_file: &Path,
+        provider: Provider,
+        threads: usize,
+    ) -> Result<Self, TeacherError> {
         let model_sha256 = file_sha256(&spec.model).map_err(|source| TeacherError::Model {
             teacher: spec.name.clone(),
             path: spec.model.clone(),
@@ -91,14 +96,7 @@ impl Teacher {
         let session = runtime::session(&spec.name, &spec.model, provider, threads)?;
         let file = spec_file.display().to_string();
         let (input_name, outputs) = check(spec, &file, &session)?;
-        Ok(Self {
-            spec: spec.clone(),
-            session,
-            input_name,
-            outputs,
-            model_sha256,
-            resizer: Resizer::new(),
-        })
+        Ok(Self { spec: spec.clone(), session, input_name, outputs, model_sha256, resizer: Resizer::new() })
     }
 
     /// The validated spec.
@@ -156,7 +154,11 @@ impl Teacher {
         Ok(out)
     }
 
-    fn run_scale(&mut self, images: &[&RgbImage], scale: f32) -> Result<Vec<Result<ScaleOutput, ImageFailure>>, TeacherError> {
+    fn run_scale(
+        &mut self,
+        images: &[&RgbImage],
+        scale: f32,
+    ) -> Result<Vec<Result<ScaleOutput, ImageFailure>>, TeacherError> {
         let mut prepared: Vec<Result<Prepared, ImageFailure>> = Vec::with_capacity(images.len());
         for img in images {
             let p = preprocess::prepare(img, &self.spec, scale, &mut self.resizer).map_err(|e| ImageFailure {
@@ -208,11 +210,10 @@ impl Teacher {
         let outputs = self.outputs.clone();
         let task = self.spec.task;
         let format = self.spec.detection_format;
-        let session_outputs =
-            self.session.run(ort::inputs![input_name.as_str() => tensor]).map_err(|e| TeacherError::Inference {
-                teacher: self.spec.name.clone(),
-                message: e.to_string(),
-            })?;
+        let session_outputs = self
+            .session
+            .run(ort::inputs![input_name.as_str() => tensor])
+            .map_err(|e| TeacherError::Inference { teacher: self.spec.name.clone(), message: e.to_string() })?;
         let get_f32 = |role: &str| -> Result<(Vec<i64>, Vec<f32>), String> {
             let name = &outputs[role];
             let (shape, data) = session_outputs[name.as_str()]
@@ -402,7 +403,8 @@ impl Teacher {
                 let r = [rect[0] * sx, rect[1] * sy, rect[2] * sx, rect[3] * sy];
                 let gw = ((r[2] - r[0]).round() as usize).max(1);
                 let gh = ((r[3] - r[1]).round() as usize).max(1);
-                let values = if gw == ow && gh == oh { data } else { postprocess::resample(&data, 1, ow, oh, r, gw, gh) };
+                let values =
+                    if gw == ow && gh == oh { data } else { postprocess::resample(&data, 1, ow, oh, r, gw, gh) };
                 Ok(Prediction::Depth { height: gh, width: gw, values })
             }
         }
@@ -451,7 +453,11 @@ impl ScaleOutput {
 }
 
 /// Check the spec against the session; returns the input name and the role → output name map.
-fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, BTreeMap<String, String>), TeacherError> {
+fn check(
+    spec: &TeacherSpec,
+    file: &str,
+    session: &Session,
+) -> Result<(String, BTreeMap<String, String>), TeacherError> {
     let err = |field: &str, reason: String| TeacherError::Mismatch {
         teacher: spec.name.clone(),
         file: file.to_owned(),
@@ -466,11 +472,16 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
             .find(|i| i.name() == n)
             .ok_or_else(|| err("input_name", format!("model has no input {n:?}; its inputs are {names:?}")))?,
         None if inputs.len() == 1 => &inputs[0],
-        None => return Err(err("input_name", format!("model has {} inputs {names:?}; name the image input", inputs.len()))),
+        None => {
+            return Err(err("input_name", format!("model has {} inputs {names:?}; name the image input", inputs.len())))
+        }
     };
     let (ty, shape) = dims(input.dtype()).ok_or_else(|| err("input_name", "input is not a tensor".into()))?;
     if ty != TensorElementType::Float32 {
-        return Err(err("input_name", format!("input {:?} is {ty:?}; only float32 image inputs are supported", input.name())));
+        return Err(err(
+            "input_name",
+            format!("input {:?} is {ty:?}; only float32 image inputs are supported", input.name()),
+        ));
     }
     let want_rank = match spec.layout {
         Layout::Nchw => 4,
@@ -479,7 +490,12 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
     if shape.len() != want_rank {
         return Err(err(
             "layout",
-            format!("input {:?} has rank {} ({shape:?}) but layout {:?} needs rank {want_rank}", input.name(), shape.len(), spec.layout),
+            format!(
+                "input {:?} has rank {} ({shape:?}) but layout {:?} needs rank {want_rank}",
+                input.name(),
+                shape.len(),
+                spec.layout
+            ),
         ));
     }
     let off = if spec.layout == Layout::Nchw { 1 } else { 0 };
@@ -507,11 +523,17 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
             ));
         }
         if [mh as u32, mw as u32] != spec.input_size {
-            return Err(err("input_size", format!("the model expects {mh}x{mw} (HxW), the spec says {:?}", spec.input_size)));
+            return Err(err(
+                "input_size",
+                format!("the model expects {mh}x{mw} (HxW), the spec says {:?}", spec.input_size),
+            ));
         }
     }
     if matches!(spec.task, Task::Segmentation | Task::Depth) && matches!(spec.resize, Resize::ShorterSideCrop { .. }) {
-        return Err(err("resize", "dense teachers must see the whole image: use stretch, letterbox or keep_aspect".into()));
+        return Err(err(
+            "resize",
+            "dense teachers must see the whole image: use stretch, letterbox or keep_aspect".into(),
+        ));
     }
 
     // Outputs: resolve each role.
@@ -519,20 +541,23 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
     let out_names: Vec<&str> = outs.iter().map(|o| o.name()).collect();
     let resolve = |role: &str, r: &OutputRef| -> Result<usize, TeacherError> {
         match r {
-            OutputRef::Name(n) => out_names
-                .iter()
-                .position(|o| o == n)
-                .ok_or_else(|| err(&format!("outputs.{role}"), format!("model has no output {n:?}; its outputs are {out_names:?}"))),
+            OutputRef::Name(n) => out_names.iter().position(|o| o == n).ok_or_else(|| {
+                err(&format!("outputs.{role}"), format!("model has no output {n:?}; its outputs are {out_names:?}"))
+            }),
             OutputRef::Index(i) if *i < outs.len() => Ok(*i),
-            OutputRef::Index(i) => {
-                Err(err(&format!("outputs.{role}"), format!("output index {i} but the model has {} outputs {out_names:?}", outs.len())))
-            }
+            OutputRef::Index(i) => Err(err(
+                &format!("outputs.{role}"),
+                format!("output index {i} but the model has {} outputs {out_names:?}", outs.len()),
+            )),
         }
     };
     let mut roles: BTreeMap<String, usize> = BTreeMap::new();
     let explicit_names = spec.outputs.values().all(|r| matches!(r, OutputRef::Name(_)));
     if spec.task == Task::Detection
-        && matches!(spec.detection_format, Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels))
+        && matches!(
+            spec.detection_format,
+            Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels)
+        )
         && !explicit_names
     {
         // Positions differ between exporters (R-CNN: boxes, labels, scores; RetinaNet: boxes, scores,
@@ -563,7 +588,7 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
     }
     // Shape checks per task.
     let nc = spec.classes.len() as i64;
-    let shape_of = |i: usize| dims(outs[i].dtype()).map(|(t, s)| (t, s)).unwrap_or((TensorElementType::Undefined, vec![]));
+    let shape_of = |i: usize| dims(outs[i].dtype()).unwrap_or((TensorElementType::Undefined, vec![]));
     match spec.task {
         Task::Classification => {
             let (t, s) = shape_of(roles["scores"]);
@@ -577,7 +602,10 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
         Task::Segmentation => {
             let (t, s) = shape_of(roles["scores"]);
             if t != TensorElementType::Float32 || s.len() != 4 {
-                return Err(err("outputs.scores", format!("expected float32 [N, classes, H, W], model gives {t:?}{s:?}")));
+                return Err(err(
+                    "outputs.scores",
+                    format!("expected float32 [N, classes, H, W], model gives {t:?}{s:?}"),
+                ));
             }
             if s[1] > 0 && s[1] != nc {
                 return Err(err("classes", format!("the model has {} classes, the spec lists {nc}", s[1])));
@@ -589,7 +617,10 @@ fn check(spec: &TeacherSpec, file: &str, session: &Session) -> Result<(String, B
         Task::Depth => {
             let (t, s) = shape_of(roles["depth"]);
             if t != TensorElementType::Float32 || !(s.len() == 3 || (s.len() == 4 && (s[1] == 1 || s[1] == -1))) {
-                return Err(err("outputs.depth", format!("expected float32 [N, H, W] or [N, 1, H, W], model gives {t:?}{s:?}")));
+                return Err(err(
+                    "outputs.depth",
+                    format!("expected float32 [N, H, W] or [N, 1, H, W], model gives {t:?}{s:?}"),
+                ));
             }
         }
         Task::Detection => match spec.detection_format {

@@ -2,6 +2,8 @@
 //! ground truth, supervised rows, determinism, re-runs, broken inputs, injected store faults, concurrent
 //! attempts and a SIGKILLed process.
 
+#![allow(clippy::print_stderr)] // the agreement test reports the measured quality
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -95,7 +97,9 @@ fn pseudo_labels_agree_with_ground_truth() {
         pred_boxes += boxes.len();
         truth_boxes += scene.boxes.len();
         for t in &scene.boxes {
-            if boxes.iter().any(|b| b.class_id == t.class_id as u16 && iou([b.x0, b.y0, b.x1, b.y1], [t.x0, t.y0, t.x1, t.y1]) >= 0.5) {
+            if boxes.iter().any(|b| {
+                b.class_id == t.class_id as u16 && iou([b.x0, b.y0, b.x1, b.y1], [t.x0, t.y0, t.x1, t.y1]) >= 0.5
+            }) {
                 matched += 1;
             }
         }
@@ -221,11 +225,16 @@ fn broken_and_unusual_inputs_each_end_in_exactly_one_place() {
     std::fs::write(images.join("text.jpg"), b"this is not an image\n").unwrap();
     std::fs::write(images.join("truncated.jpg"), &good[..good.len() / 2]).unwrap();
     std::fs::write(images.join("truncated.png"), &png[..png.len() - 20]).unwrap();
-    std::fs::write(images.join("random.png"), (0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        images.join("random.png"),
+        (0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>(),
+    )
+    .unwrap();
     // A PNG that claims 40000x40000 pixels: refused by limits before any allocation.
     std::fs::write(images.join("bomb.png"), bomb_png(40_000, 40_000)).unwrap();
     // A grey 16-bit PNG is converted, not refused.
-    let grey = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(50, 30, |x, y| image::Luma([(x * 1000 + y) as u16]));
+    let grey =
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(50, 30, |x, y| image::Luma([(x * 1000 + y) as u16]));
     grey.save(images.join("grey16.png")).unwrap();
     std::fs::write(images.join("notes.txt"), b"not listed: wrong extension").unwrap();
     let output = dir.path().join("out").to_string_lossy().into_owned();
@@ -379,7 +388,10 @@ fn a_sigkilled_labeler_leaves_nothing_and_its_rerun_equals_a_clean_run() {
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
     assert!(!status.success());
-    assert!(!Path::new(&output).join("manifests").exists() || std::fs::read_dir(Path::new(&output).join("manifests")).unwrap().next().is_none());
+    assert!(
+        !Path::new(&output).join("manifests").exists()
+            || std::fs::read_dir(Path::new(&output).join("manifests")).unwrap().next().is_none()
+    );
     assert!(read_records(&output).is_empty(), "a killed run must leave nothing a reader would take");
     let rerun = Command::new(bin)
         .args(["run", "--config", cfg.file.to_str().unwrap(), "--shard", "0", "--num-shards", "1"])

@@ -49,7 +49,8 @@ fn start_moto() -> (Moto, u16) {
 
 fn create_bucket(port: u16, bucket: &str) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {reply}");
@@ -135,5 +136,8 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
         PutPayload::from_static(b"{}"),
         object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() },
     ));
-    assert!(matches!(second, Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })), "{second:?}");
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })),
+        "{second:?}"
+    );
 }

@@ -46,7 +46,7 @@ impl Location {
     }
 
     /// The part of `path` after this location's prefix, slash-separated.
-    pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
+    pub fn relative(&self, path: &Path) -> Option<String> {
         path.prefix_match(&self.prefix).map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"))
     }
 
