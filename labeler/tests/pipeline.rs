@@ -451,3 +451,33 @@ fn a_spec_that_does_not_fit_its_model_fails_before_any_image_is_read() {
     let err = pipeline::run_shard(&cfg, ShardId { index: 0, count: 1 }, "a", &NoProgress).unwrap_err().to_string();
     assert!(err.contains("wrong-classes") && err.contains("bad.toml") && err.contains("`classes`"), "{err}");
 }
+
+#[test]
+fn committed_shards_open_in_pyarrow_and_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, output) = pool_config(dir.path(), 16, "");
+    plan_and_run(&cfg, 0, 1, "a");
+    let python = std::env::var_os("MUST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    assert!(python.exists(), "{} is missing: run `make setup`", python.display());
+    let script = r#"
+import glob, json, sys, duckdb, numpy as np, pyarrow.parquet as pq
+out = sys.argv[1]
+files = [f"{out}/{f['path']}" for m in glob.glob(f"{out}/manifests/*.json") for f in json.load(open(m))["files"] if f["kind"] == "records"]
+t = pq.read_table(files)
+assert t.schema.metadata[b"must.schema_version"] == b"1", t.schema.metadata
+row = t.slice(0, 1).to_pylist()[0]
+p = np.asarray(row["cls_probs"]) / 65535
+assert abs(p.sum() - 1) < 2e-3, p.sum()
+mask = np.asarray(row["seg_mask"], np.uint8).reshape(row["seg_height"], row["seg_width"])
+assert set(np.unique(mask)) <= set(range(7)) | {255}
+depth = row["depth_offset"] + row["depth_scale"] * np.asarray(row["depth_q"], np.float32)
+assert depth.size == row["depth_height"] * row["depth_width"]
+n, pseudo = duckdb.sql(f"select count(*), count(*) filter (where det_origin = 'pseudo') from read_parquet({files!r})").fetchone()
+print(n, pseudo)
+"#;
+    let out = Command::new(&python).args(["-c", script, &output]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "16 16");
+}
