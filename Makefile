@@ -83,6 +83,8 @@ demo: build $(WORLD)/world.json
 	$(BIN)/labeler probe --config $(LABEL_CONFIG)
 	$(MAKE) label-all
 	$(MAKE) render
+	@echo "demo: pseudo labels committed under $(SHARDS_OUT); pictures in out/render/ (index.png)."
+	@echo "demo: the trainer is not built yet, so the demo stops after labelling."
 
 # Whole-pipeline numbers on 640x480 images: per-stage busy time next to wall time (BENCHMARKS.md).
 bench-label: build
