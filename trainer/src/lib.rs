@@ -1,8 +1,9 @@
-//! The trainer: streams committed shards and trains one multi-task student (MuST §3.2).
-//!
-//! Work in progress (see the trainer issue). What is here proves the native half of the foundation:
-//! libtorch from the project venv links through `tch`, and the rpath embedded by `build.rs` lets the
-//! test binary load it with no `LD_LIBRARY_PATH`.
+//! trainer
+
+pub mod batch;
+pub mod data;
+pub mod loss;
+pub mod model;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,2 @@
+//! Step benchmark (being written).
+fn main() {}
