@@ -22,6 +22,8 @@ LABEL_CONFIG ?= $(ROOT)/configs/demo-label.toml
 SHARDS_OUT ?= $(ROOT)/out/shards
 SHARD ?= 0
 NUM_SHARDS ?= 4
+EVAL_LABEL_CONFIG ?= $(ROOT)/configs/demo-eval-label.toml
+TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
 
 .PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train bench bench-label bench-train clean-out
 
@@ -79,12 +81,20 @@ label-all: build $(WORLD)/world.json
 render: build
 	$(BIN)/labeler render --output $(SHARDS_OUT) --to $(ROOT)/out/render --count 12
 
+# Train the student on the demo shards and evaluate it on the world's held-out split (ground truth committed
+# as shards by the labeler). Continues from the newest checkpoint in out/train if there is one.
+train: build $(WORLD)/world.json
+	$(MAKE) label-all
+	$(BIN)/labeler run --config $(EVAL_LABEL_CONFIG) --shard 0 --num-shards 1 --plan-if-missing
+	$(BIN)/trainer train --config $(TRAIN_CONFIG)
+
 demo: build $(WORLD)/world.json
 	$(BIN)/labeler probe --config $(LABEL_CONFIG)
 	$(MAKE) label-all
 	$(MAKE) render
-	@echo "demo: pseudo labels committed under $(SHARDS_OUT); pictures in out/render/ (index.png)."
-	@echo "demo: the trainer is not built yet, so the demo stops after labelling."
+	$(MAKE) train
+	@echo "demo: pseudo labels in $(SHARDS_OUT), pictures in out/render/index.png;"
+	@echo "demo: the student's run in out/train (metrics.jsonl, curves.png, checkpoints/)."
 
 # Whole-pipeline numbers on 640x480 images: per-stage busy time next to wall time (BENCHMARKS.md).
 bench-label: build
@@ -93,7 +103,29 @@ bench-label: build
 	$(BIN)/labeler run --config configs/bench-label.toml --shard 0 --num-shards 1 --plan-if-missing --stats-json $(ROOT)/out/bench/label-stats.json
 	cat $(ROOT)/out/bench/label-stats.json
 
-bench: bench-label
+# Trainer numbers (BENCHMARKS.md): loader samples per core at 128 and 640 px crops next to a plain PyTorch
+# DataLoader on the same Parquet, and the student's training step next to the same network in PyTorch eager.
+# The Rust and Python halves run one after the other on the same shards (written once under TRAIN_BENCH_DIR);
+# the step benches alternate for STEP_ROUNDS rounds and the table keeps each side's best round.
+TRAIN_BENCH_DIR ?= $(ROOT)/out/bench
+BENCH_THREADS ?= $(shell nproc)
+STEP_ROUNDS ?= 2
+bench-train: setup
+	$(CARGO) bench -p trainer --bench loader --bench step --no-run
+	@echo "machine: $$(nproc) cores,$$(lscpu | grep 'Model name' | cut -d: -f2 | tr -s ' ');$$(uptime | sed 's/.*load/ load/')"
+	TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) $(CARGO) bench -p trainer --bench loader
+	$(PY) tools/bench/loader_pytorch.py --bench-dir $(TRAIN_BENCH_DIR) --json $(TRAIN_BENCH_DIR)/train-loader-python.json
+	rm -f $(TRAIN_BENCH_DIR)/train-step-*.json
+	for r in $$(seq $(STEP_ROUNDS)); do \
+	  TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) STEP_BENCH_THREADS=$(BENCH_THREADS) STEP_BENCH_SECONDS=8 STEP_BENCH_JSON=$(TRAIN_BENCH_DIR)/train-step-rust-$$r.json \
+	    $(CARGO) bench -p trainer --bench step || exit 1; \
+	  $(PY) tools/bench/step_pytorch.py --threads $(BENCH_THREADS) --seconds 8 --bench-dir $(TRAIN_BENCH_DIR) \
+	    --json $(TRAIN_BENCH_DIR)/train-step-python-$$r.json || exit 1; \
+	done
+	@echo "machine after:$$(uptime | sed 's/.*load/ load/')"
+	$(PY) tools/bench/train_table.py --bench-dir $(TRAIN_BENCH_DIR)
+
+bench: bench-label bench-train
 
 clean-out:
 	rm -rf $(ROOT)/out

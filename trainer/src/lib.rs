@@ -1,9 +1,25 @@
-//! trainer
+//! The MuST student trainer: streams committed label shards, trains one multi-task ResNet-FPN student
+//! with libtorch (`tch`), evaluates it, and keeps resumable checkpoints.
+//!
+//! - [`data`]: committed shards → augmented, collated [`batch::Batch`]es (uniform union sampling, exact resume);
+//! - [`model`]: the student (ResNet + FPN, classification / FCOS detection / pixel heads);
+//! - [`loss`]: per-task losses and their weighted sum;
+//! - [`optim`]: SGD / AdamW with saveable state, cosine schedule with warm-up;
+//! - [`checkpoint`]: atomic checkpoints;
+//! - [`train`]: the run loop, metrics log; [`eval`] and [`metrics`]: evaluation; [`plot`]: curves;
+//! - [`config`]: the TOML run configuration.
 
 pub mod batch;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod eval;
 pub mod loss;
+pub mod metrics;
 pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod train;
 
 #[cfg(test)]
 mod tests {

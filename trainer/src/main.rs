@@ -1,0 +1,142 @@
+//! `trainer`: train the multi-task student on committed label shards, evaluate it, draw its curves.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use trainer::config::{DeviceChoice, Overrides, TrainConfig};
+use trainer::train::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(version, about = "Train and evaluate the MuST multi-task student")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The run's TOML file (see configs/demo-train.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Run directory (overrides `out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// auto | cpu | cuda (overrides `run.device`).
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Loader threads (overrides `data.workers`).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// libtorch intra-op threads (overrides `run.threads`).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train (or continue the run in `out` from its newest checkpoint).
+    Train {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Total training steps (overrides `optim.steps`).
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Stop after this many steps of this invocation, with a checkpoint (the next invocation continues).
+        #[arg(long)]
+        stop_after: Option<u64>,
+    },
+    /// Evaluate a checkpoint on the config's `[eval]` shards: top-1, box AP@0.5, mIoU, depth δ<1.25.
+    Eval {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// A checkpoint directory, or a run directory (its newest checkpoint). Default: the config's `out`.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Redraw `<run>/curves.png` from `<run>/metrics.jsonl`.
+    Plot {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+    },
+}
+
+fn load(args: &ConfigArgs, steps: Option<u64>) -> anyhow::Result<TrainConfig> {
+    let overrides =
+        Overrides { out: args.out.clone(), steps, device: args.device, workers: args.workers, threads: args.threads };
+    Ok(TrainConfig::load(&args.config, &overrides)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Train { cfg, steps, stop_after } => {
+            let config = load(&cfg, steps)?;
+            let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop_after };
+            let summary = train::run(&config, &opts)?;
+            println!(
+                "run {}: steps {}..{} of {}{}",
+                summary.out.display(),
+                summary.started_at,
+                summary.step,
+                config.optim.steps,
+                if summary.finished { " (finished)" } else { " (continue with the same command)" }
+            );
+            if summary.skipped_images > 0 {
+                println!("{} images did not decode and were skipped (see the log)", summary.skipped_images);
+            }
+            let report = match summary.final_eval {
+                Some(report) => Some(report),
+                // Already finished earlier: show the finished run's numbers again.
+                None if summary.finished && config.eval.is_some() => {
+                    Some(train::evaluate_checkpoint(&config, &summary.out)?)
+                }
+                None => None,
+            };
+            if let Some(report) = &report {
+                print!("{}", report.table());
+            }
+            println!("curves: {}", summary.out.join("curves.png").display());
+        }
+        Command::Eval { cfg, checkpoint, json } => {
+            let config = load(&cfg, None)?;
+            let path = checkpoint.unwrap_or_else(|| config.out.clone());
+            let report = train::evaluate_checkpoint(&config, &path)?;
+            print!("{}", report.table());
+            if let Some(json_path) = json {
+                std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", json_path.display()))?;
+            }
+            if !report.beats_baselines() {
+                eprintln!("note: not every metric is above its trivial baseline");
+            }
+        }
+        Command::Plot { run } => {
+            let path = trainer::plot::draw_run(&run)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MUST_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

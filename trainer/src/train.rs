@@ -1,0 +1,555 @@
+//! The training run: loader → student → losses → optimiser, with metrics, checkpoints and evaluation.
+//!
+//! A run lives in one directory (`out` in the config):
+//! - `metrics.jsonl`: one JSON object per logged step (`"kind": "train"`) and per evaluation
+//!   (`"kind": "eval"`), readable with pandas/DuckDB/Polars;
+//! - `checkpoints/step-*/`: see [`crate::checkpoint`];
+//! - `curves.png`: losses, learning rate and evaluation metrics (redrawn at every evaluation and at the end);
+//! - `config.json`: the resolved configuration the run used.
+//!
+//! Starting a run whose directory holds a checkpoint continues it: the model, optimiser, loss scale and
+//! sampler position are restored, `metrics.jsonl` is cut back to the checkpoint's step, and the following
+//! steps repeat exactly what the interrupted run would have done (same batches, same augmentation, same
+//! updates). To start over, delete the directory or pass another `--out`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, CheckpointError, CheckpointState};
+use crate::config::{ConfigError, DeviceChoice, TrainConfig};
+use crate::data::{DataError, Loader, SamplerState};
+use crate::eval::{evaluate, EvalReport};
+use crate::loss::{images_tensor, task_losses, LossError, Objective};
+use crate::model::{Student, StudentConfig};
+use crate::optim::{learning_rate, Optimizer};
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Loss(#[from] LossError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("libtorch: {0}")]
+    Torch(String),
+    #[error("cannot resume from {path}: {reason}")]
+    Resume { path: String, reason: String },
+    #[error("step {step}: the {what} is not finite ({value}); lower optim.lr or check the labels")]
+    NonFinite { step: u64, what: String, value: f64 },
+    #[error("device: {0}")]
+    Device(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.display().to_string(), source }
+}
+
+/// The device for a choice; asking for CUDA without a visible GPU is an error, not a fall-back.
+pub fn select_device(choice: DeviceChoice) -> Result<Device, TrainError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => {
+            Err(TrainError::Device("--device cuda was asked for, but libtorch sees no CUDA device".into()))
+        }
+    }
+}
+
+/// The student with its loss weighting, in one variable store (so both are trained and checkpointed).
+#[derive(Debug)]
+pub struct Model {
+    pub vs: VarStore,
+    pub student: Student,
+    pub objective: Objective,
+}
+
+impl Model {
+    /// A freshly initialised model for `cfg` (seeded by `run.init_seed`).
+    pub fn new(cfg: &TrainConfig, device: Device) -> Model {
+        // libtorch's generator is process-global: hold it while seeding and drawing the initial weights,
+        // so that two models built at once (threads, tests) still get exactly their seed's weights.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(cfg.run.init_seed as i64);
+        let vs = VarStore::new(device);
+        let student = Student::new(&(vs.root() / "student"), &cfg.student());
+        let objective =
+            Objective::new(&(vs.root() / "objective"), &cfg.tasks(), cfg.task_weights(), cfg.loss.uncertainty);
+        Model { vs, student, objective }
+    }
+
+    /// A model with only the student (for evaluation and inference), built for `config`.
+    pub fn student_only(config: &StudentConfig, device: Device) -> Model {
+        let vs = VarStore::new(device);
+        let student = Student::new(&(vs.root() / "student"), config);
+        let objective = Objective::new(&(vs.root() / "objective"), &[], BTreeMap::new(), false);
+        Model { vs, student, objective }
+    }
+
+    /// Every variable by name, sorted (trainable and buffers such as batch-norm statistics).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Trainable variables by name.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+
+    /// Copies `tensors` into the model's variables. With `strict`, every variable must be present and
+    /// nothing else; otherwise only the `student/` variables are required (evaluation ignores the rest).
+    pub fn load(&mut self, tensors: Vec<(String, Tensor)>, strict: bool, path: &Path) -> Result<(), TrainError> {
+        let fail = |reason: String| TrainError::Resume { path: path.display().to_string(), reason };
+        let mut given: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let mut vars = self.vs.variables();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in &names {
+            let var = vars.get_mut(name).expect("listed above");
+            match given.remove(name) {
+                Some(t) if t.size() == var.size() => tch::no_grad(|| var.copy_(&t)),
+                Some(t) => {
+                    return Err(fail(format!("tensor {name:?} has shape {:?}, the model {:?}", t.size(), var.size())))
+                }
+                None if strict || name.starts_with("student.") => {
+                    return Err(fail(format!(
+                        "tensor {name:?} is missing (was the checkpoint made for another model?)"
+                    )))
+                }
+                None => {}
+            }
+        }
+        if strict {
+            if let Some(extra) = given.keys().next() {
+                return Err(fail(format!("tensor {extra:?} is not a variable of this model")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a run is driven from the outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Draw a progress bar (on a terminal) instead of log lines.
+    pub progress: bool,
+    /// Stop after this many steps of this invocation (the run itself is not finished; used to split a
+    /// run into several jobs, and by tests).
+    pub stop_after: Option<u64>,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub out: PathBuf,
+    /// The step the run started from (0, or the checkpoint it resumed).
+    pub started_at: u64,
+    /// Steps completed in total.
+    pub step: u64,
+    /// Whether the configured number of steps is done.
+    pub finished: bool,
+    pub final_eval: Option<EvalReport>,
+    pub skipped_images: u64,
+}
+
+/// Appends JSON lines to `metrics.jsonl`, flushing each so a killed run loses at most one line.
+struct MetricsLog {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl MetricsLog {
+    /// Opens the log, keeping only records at or before `step` (all of them are dropped for a new run).
+    fn open(path: &Path, keep_through: Option<u64>) -> Result<MetricsLog, TrainError> {
+        let mut kept = Vec::new();
+        if let (Some(step), Ok(f)) = (keep_through, fs::File::open(path)) {
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(io_err(path))?;
+                let at = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["step"].as_u64());
+                if at.is_some_and(|s| s <= step) {
+                    kept.push(line);
+                }
+            }
+        }
+        let mut file = fs::File::create(path).map_err(io_err(path))?;
+        for line in kept {
+            writeln!(file, "{line}").map_err(io_err(path))?;
+        }
+        Ok(MetricsLog { path: path.to_owned(), file })
+    }
+
+    fn write(&mut self, value: &serde_json::Value) -> Result<(), TrainError> {
+        writeln!(self.file, "{value}").and_then(|_| self.file.flush()).map_err(io_err(&self.path))
+    }
+}
+
+/// Dynamic loss scaling for mixed precision: grow after a run of finite steps, halve and skip on overflow.
+#[derive(Debug, Clone, Copy)]
+struct LossScale {
+    scale: f64,
+    good: u64,
+}
+
+impl LossScale {
+    const GROWTH_INTERVAL: u64 = 2000;
+}
+
+/// Runs (or continues) the training run configured by `cfg`.
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+    let device = select_device(cfg.run.device)?;
+    if cfg.run.threads > 0 {
+        tch::set_num_threads(cfg.run.threads as i32);
+    }
+    let mixed = cfg.run.mixed_precision && device.is_cuda();
+    fs::create_dir_all(&cfg.out).map_err(io_err(&cfg.out))?;
+    let config_json = cfg.out.join("config.json");
+    let text = serde_json::to_vec_pretty(cfg).map_err(|e| TrainError::Torch(format!("encoding the config: {e}")))?;
+    fs::write(&config_json, text).map_err(io_err(&config_json))?;
+
+    let ckpt_dir = cfg.out.join("checkpoints");
+    let mut model = Model::new(cfg, device);
+    let mut optimizer = Optimizer::new(&cfg.optim, model.trainable());
+    let mut scale = LossScale { scale: if mixed { 65536.0 } else { 1.0 }, good: 0 };
+    let (start, sampler) = match checkpoint::latest(&ckpt_dir)? {
+        Some(path) => {
+            let loaded = checkpoint::load(&path)?;
+            if loaded.state.student != cfg.student() {
+                return Err(TrainError::Resume {
+                    path: path.display().to_string(),
+                    reason: "the checkpoint's [model] or task heads differ from the config".into(),
+                });
+            }
+            model.load(loaded.model, true, &path)?;
+            optimizer
+                .load_state(loaded.optimizer, loaded.state.optimizer_updates)
+                .map_err(|e| TrainError::Resume { path: path.display().to_string(), reason: e.to_string() })?;
+            scale.scale = loaded.state.loss_scale;
+            tracing::info!(checkpoint = %path.display(), step = loaded.state.step, "resuming");
+            (loaded.state.step, loaded.state.sampler)
+        }
+        None => (0, SamplerState::default()),
+    };
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), (start > 0).then_some(start))?;
+    let total_steps = cfg.optim.steps;
+    if start >= total_steps {
+        tracing::info!(step = start, "the run is already finished");
+        return Ok(RunSummary {
+            out: cfg.out.clone(),
+            started_at: start,
+            step: start,
+            finished: true,
+            final_eval: None,
+            skipped_images: 0,
+        });
+    }
+    let mut loader = Loader::new(cfg.data.clone(), sampler)?;
+    for (name, rows) in loader.dataset_rows() {
+        tracing::info!(dataset = %name, rows, "training data");
+    }
+    let (parameters, buffers) = crate::model::count_parameters(&model.vs);
+    tracing::info!(parameters, buffers, device = ?device, mixed_precision = mixed, "student");
+
+    let bar = opts.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(start);
+        bar
+    });
+    let stop_at = opts.stop_after.map_or(total_steps, |n| (start + n).min(total_steps));
+    let mut step = start;
+    let mut window = Window::default();
+    let mut final_eval = None;
+    let mut exhausted = false;
+    while step < stop_at {
+        let t0 = Instant::now();
+        let batch = match loader.next_batch() {
+            Ok(b) => b,
+            Err(DataError::Exhausted) => {
+                exhausted = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let t_data = t0.elapsed().as_secs_f64();
+        let lr = learning_rate(step, cfg.optim.lr, cfg.optim.warmup_steps, total_steps);
+        let x = images_tensor(&batch, device)?;
+        let (losses, total) = tch::autocast(mixed, || -> Result<_, TrainError> {
+            let out = model.student.forward_t(&x, true);
+            let losses = task_losses(&out, &batch, device)?;
+            let total = model.objective.total(&losses);
+            Ok((losses, total))
+        })?;
+        let total_value = total.double_value(&[]);
+        if !total_value.is_finite() {
+            return Err(TrainError::NonFinite { step, what: "total loss".into(), value: total_value });
+        }
+        optimizer.zero_grad();
+        (&total * scale.scale).backward();
+        let mut norm = optimizer.grad_norm();
+        if mixed && !norm.is_finite() {
+            scale.scale /= 2.0;
+            scale.good = 0;
+            tracing::warn!(
+                step,
+                scale = scale.scale,
+                "gradient overflow; skipping the update and lowering the loss scale"
+            );
+        } else {
+            if !norm.is_finite() {
+                return Err(TrainError::NonFinite { step, what: "gradient norm".into(), value: norm });
+            }
+            if scale.scale != 1.0 {
+                optimizer.scale_grads(1.0 / scale.scale);
+                norm /= scale.scale;
+            }
+            if let Some(max) = cfg.optim.clip_grad_norm {
+                if norm > max {
+                    optimizer.scale_grads(max / norm);
+                }
+            }
+            optimizer.step(lr);
+            if mixed {
+                scale.good += 1;
+                if scale.good >= LossScale::GROWTH_INTERVAL {
+                    scale.scale *= 2.0;
+                    scale.good = 0;
+                }
+            }
+        }
+        step += 1;
+        window.add(&losses, total_value, batch.size, t0.elapsed().as_secs_f64(), t_data);
+
+        if step % cfg.run.log_every == 0 || step == stop_at {
+            let record = window.record(step, lr, norm);
+            log.write(&record)?;
+            match &bar {
+                Some(bar) => {
+                    bar.set_position(step);
+                    bar.set_message(format!(
+                        "loss {:.4} | {:.1} samples/s",
+                        window.mean_total(),
+                        window.samples_per_s()
+                    ));
+                }
+                None => tracing::info!(
+                    step,
+                    loss = window.mean_total(),
+                    lr,
+                    samples_per_s = window.samples_per_s(),
+                    data_wait = window.data_fraction(),
+                    "train"
+                ),
+            }
+            window = Window::default();
+        }
+        let last = step == total_steps;
+        if step % cfg.run.checkpoint_every == 0 || last || step == stop_at {
+            save_checkpoint(cfg, &ckpt_dir, &model, &optimizer, step, loader.state(), scale.scale)?;
+        }
+        let eval_now = cfg.eval.is_some() && (last || (cfg.run.eval_every > 0 && step % cfg.run.eval_every == 0));
+        if eval_now {
+            let report = run_eval(cfg, &model, device, step, &mut log)?;
+            if let Some(bar) = &bar {
+                bar.println(report.table());
+            }
+            final_eval = Some(report);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    if exhausted && step < total_steps {
+        save_checkpoint(cfg, &ckpt_dir, &model, &optimizer, step, loader.state(), scale.scale)?;
+        tracing::info!(step, "the configured passes over the data are done");
+    }
+    let finished = step >= total_steps || exhausted;
+    if let Err(e) = crate::plot::draw_run(&cfg.out) {
+        tracing::warn!(error = %e, "could not draw the curves");
+    }
+    Ok(RunSummary {
+        out: cfg.out.clone(),
+        started_at: start,
+        step,
+        finished,
+        final_eval,
+        skipped_images: loader.skipped_images(),
+    })
+}
+
+fn save_checkpoint(
+    cfg: &TrainConfig,
+    dir: &Path,
+    model: &Model,
+    optimizer: &Optimizer,
+    step: u64,
+    sampler: SamplerState,
+    loss_scale: f64,
+) -> Result<(), TrainError> {
+    let (optim_tensors, updates) = optimizer.state();
+    let state = CheckpointState {
+        format_version: checkpoint::FORMAT_VERSION,
+        step,
+        sampler,
+        optimizer_updates: updates,
+        loss_scale,
+        student: cfg.student(),
+    };
+    let path = checkpoint::save(dir, &state, &model.named_tensors(), &optim_tensors, cfg.run.keep_checkpoints)?;
+    tracing::debug!(checkpoint = %path.display(), "saved");
+    Ok(())
+}
+
+fn run_eval(
+    cfg: &TrainConfig,
+    model: &Model,
+    device: Device,
+    step: u64,
+    log: &mut MetricsLog,
+) -> Result<EvalReport, TrainError> {
+    let (Some(data), Some(section)) = (cfg.eval_data(), cfg.eval.as_ref()) else {
+        return Err(TrainError::Torch("evaluation asked for without [eval]".into()));
+    };
+    let t0 = Instant::now();
+    let report = evaluate(&model.student, device, data, section.max_images)?;
+    log.write(&json!({
+        "kind": "eval",
+        "step": step,
+        "images": report.images,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "metrics": report.scores,
+    }))?;
+    for (name, s) in &report.scores {
+        tracing::info!(step, metric = %name, value = s.value, baseline = s.baseline, "eval");
+    }
+    let path = cfg.out.join("eval.json");
+    let text = serde_json::to_vec_pretty(&json!({"step": step, "report": report}))
+        .map_err(|e| TrainError::Torch(format!("encoding the report: {e}")))?;
+    fs::write(&path, text).map_err(io_err(&path))?;
+    if let Err(e) = crate::plot::draw_run(&cfg.out) {
+        tracing::warn!(error = %e, "could not draw the curves");
+    }
+    Ok(report)
+}
+
+/// Evaluates the newest checkpoint of a run (or a checkpoint directory) on the config's `[eval]` set.
+pub fn evaluate_checkpoint(cfg: &TrainConfig, checkpoint_path: &Path) -> Result<EvalReport, TrainError> {
+    let device = select_device(cfg.run.device)?;
+    if cfg.run.threads > 0 {
+        tch::set_num_threads(cfg.run.threads as i32);
+    }
+    let loaded = checkpoint::load(checkpoint_path)?;
+    let mut model = Model::student_only(&loaded.state.student, device);
+    model.load(loaded.model, false, &loaded.path)?;
+    let (Some(data), Some(section)) = (cfg.eval_data(), cfg.eval.as_ref()) else {
+        return Err(TrainError::Config(ConfigError::Invalid {
+            file: cfg.file.display().to_string(),
+            field: "eval".into(),
+            reason: "no [eval] section: name the labelled shards to evaluate on".into(),
+        }));
+    };
+    evaluate(&model.student, device, data, section.max_images)
+}
+
+/// Running means over the steps between two log lines.
+#[derive(Debug, Default)]
+struct Window {
+    steps: u64,
+    samples: u64,
+    seconds: f64,
+    data_seconds: f64,
+    total: f64,
+    tasks: BTreeMap<&'static str, (f64, u64)>,
+    parts: BTreeMap<&'static str, f64>,
+}
+
+impl Window {
+    fn add(&mut self, losses: &crate::loss::TaskLosses, total: f64, samples: usize, seconds: f64, data: f64) {
+        self.steps += 1;
+        self.samples += samples as u64;
+        self.seconds += seconds;
+        self.data_seconds += data;
+        self.total += total;
+        for (task, l) in &losses.losses {
+            // A task with no rows in this batch contributes an exact 0 that says nothing: leave it out.
+            if losses.present.get(task).copied().unwrap_or(0) > 0 {
+                let e = self.tasks.entry(task.key()).or_default();
+                e.0 += l.double_value(&[]);
+                e.1 += 1;
+            }
+        }
+        for (name, l) in &losses.parts {
+            *self.parts.entry(name).or_default() += l.to_kind(Kind::Double).double_value(&[]);
+        }
+    }
+
+    fn mean_total(&self) -> f64 {
+        self.total / self.steps.max(1) as f64
+    }
+
+    fn samples_per_s(&self) -> f64 {
+        self.samples as f64 / self.seconds.max(1e-9)
+    }
+
+    fn data_fraction(&self) -> f64 {
+        self.data_seconds / self.seconds.max(1e-9)
+    }
+
+    fn record(&self, step: u64, lr: f64, grad_norm: f64) -> serde_json::Value {
+        let tasks: BTreeMap<&str, f64> = self.tasks.iter().map(|(k, (s, n))| (*k, s / *n as f64)).collect();
+        let parts: BTreeMap<&str, f64> = self.parts.iter().map(|(k, s)| (*k, s / self.steps as f64)).collect();
+        json!({
+            "kind": "train",
+            "step": step,
+            "lr": lr,
+            "loss": self.mean_total(),
+            "tasks": tasks,
+            "parts": parts,
+            "grad_norm": grad_norm,
+            "samples_per_s": self.samples_per_s(),
+            "data_wait_fraction": self.data_fraction(),
+        })
+    }
+}
+
+/// Reads every record of a run's `metrics.jsonl`.
+pub fn read_metrics(run: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
+    let path = run.join("metrics.jsonl");
+    let f = fs::File::open(&path).map_err(io_err(&path))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(io_err(&path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(&line).map_err(|e| TrainError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {}: {e}", i + 1)),
+        })?;
+        out.push(v);
+    }
+    Ok(out)
+}
