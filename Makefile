@@ -104,26 +104,14 @@ bench-label: build
 	cat $(ROOT)/out/bench/label-stats.json
 
 # Trainer numbers (BENCHMARKS.md): loader samples per core at 128 and 640 px crops next to a plain PyTorch
-# DataLoader on the same Parquet, and the student's training step next to the same network in PyTorch eager.
-# The Rust and Python halves run one after the other on the same shards (written once under TRAIN_BENCH_DIR);
-# the step benches alternate for STEP_ROUNDS rounds and the table keeps each side's best round.
+# DataLoader on the same Parquet (shards written once under TRAIN_BENCH_DIR), and the student's training step
+# next to the same network in PyTorch eager, alternating for STEP_ROUNDS rounds. See tools/bench/bench_train.sh.
 TRAIN_BENCH_DIR ?= $(ROOT)/out/bench
 BENCH_THREADS ?= $(shell nproc)
 STEP_ROUNDS ?= 2
 bench-train: setup
-	$(CARGO) bench -p trainer --bench loader --bench step --no-run
-	@echo "machine: $$(nproc) cores,$$(lscpu | grep 'Model name' | cut -d: -f2 | tr -s ' ');$$(uptime | sed 's/.*load/ load/')"
-	TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) $(CARGO) bench -p trainer --bench loader
-	$(PY) tools/bench/loader_pytorch.py --bench-dir $(TRAIN_BENCH_DIR) --json $(TRAIN_BENCH_DIR)/train-loader-python.json
-	rm -f $(TRAIN_BENCH_DIR)/train-step-*.json
-	for r in $$(seq $(STEP_ROUNDS)); do \
-	  TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) STEP_BENCH_THREADS=$(BENCH_THREADS) STEP_BENCH_SECONDS=8 STEP_BENCH_JSON=$(TRAIN_BENCH_DIR)/train-step-rust-$$r.json \
-	    $(CARGO) bench -p trainer --bench step || exit 1; \
-	  $(PY) tools/bench/step_pytorch.py --threads $(BENCH_THREADS) --seconds 8 --bench-dir $(TRAIN_BENCH_DIR) \
-	    --json $(TRAIN_BENCH_DIR)/train-step-python-$$r.json || exit 1; \
-	done
-	@echo "machine after:$$(uptime | sed 's/.*load/ load/')"
-	$(PY) tools/bench/train_table.py --bench-dir $(TRAIN_BENCH_DIR)
+	CARGO=$(CARGO) PY=$(PY) TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) BENCH_THREADS=$(BENCH_THREADS) STEP_ROUNDS=$(STEP_ROUNDS) \
+	  tools/bench/bench_train.sh
 
 bench: bench-label bench-train
 

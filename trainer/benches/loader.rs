@@ -1,8 +1,16 @@
-//! Loader throughput: read + decode + augment + collate, in samples per second and per worker core.
+//! Loader throughput: read + decode + augment + collate, in samples per second of wall time and per
+//! CPU-second (the honest "per core" figure: it charges the reader thread and Parquet decoding too).
 //!
-//! Shards are written to a temp dir from the synthetic `world` (JPEG images, all four tasks labelled at
-//! full image resolution, as the labeler writes them) through the same helpers the data tests use.
-//! Two settings: 128 px crops from 128×96 images, and 640 px crops from 640×480 images.
+//! Shards are rendered from the synthetic `world` (JPEG images, all four tasks labelled at full image
+//! resolution, as the labeler writes them) and committed once under `$TRAIN_BENCH_DIR` (default
+//! `out/bench`) as `train-shards-128` (128×96 JPEGs) and `train-shards-640` (640×480 JPEGs), so that the
+//! PyTorch baseline (`tools/bench/loader_pytorch.py`) reads the very same Parquet. They are rewritten only
+//! when absent. Crops are 128 px and 640 px respectively, with the default augmentation (scale jitter
+//! [0.5, 2], crop/pad, flip).
+//!
+//! Rows: one worker, the default worker count (= cores), and one worker reading only the cls and det
+//! columns (how much of the cost is the full-resolution mask and depth). Results are printed as a table
+//! and written to `$TRAIN_BENCH_DIR/train-loader-rust.json` for `tools/bench/train_table.py`.
 //! `LOADER_BENCH_SECONDS` sets the measuring time per row (default 6).
 #![allow(clippy::print_stdout)]
 
@@ -10,13 +18,22 @@
 mod data_support;
 
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use data_support::*;
 use image::codecs::jpeg::JpegEncoder;
 use schemas::{ClsLabel, DepthKind, DepthLabel, DetBox, DetLabel, ImageRecord, LabelSource, SegLabel};
+use serde_json::json;
 use trainer::data::{Loader, NumClasses, SamplerState, Task};
 use world::{render, Split, WorldConfig, OBJECT_CLASSES, SCENE_CLASSES, SEG_CLASSES};
+
+/// The two settings: name, source image size, crop, images, batch size.
+const SETTINGS: [(&str, u32, u32, usize, u64, usize); 2] =
+    [("128", 128, 96, 128, 1024, 32), ("640", 640, 480, 640, 256, 8)];
+/// Rows per Parquet row group and shards per setting.
+const ROW_GROUP_ROWS: usize = 32;
+const SHARDS: u64 = 4;
 
 fn record(cfg: &WorldConfig, index: u64) -> ImageRecord {
     let scene = render(cfg, Split::Pool, index);
@@ -53,73 +70,121 @@ fn record(cfg: &WorldConfig, index: u64) -> ImageRecord {
     r
 }
 
-struct Row {
-    setting: String,
-    workers: usize,
-    samples_per_s: f64,
+/// Commit the shards of a setting under `root` unless they are there. Written to a sibling directory
+/// and renamed, so an interrupted run never leaves a half-written set that would be taken as complete.
+fn ensure_shards(root: &Path, w: u32, h: u32, n: u64) -> (String, usize) {
+    let bytes_of = |dir: &Path| -> usize {
+        let files = walk(dir);
+        let parquet = files.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet"));
+        parquet.map(|p| p.metadata().unwrap().len() as usize).sum()
+    };
+    if root.join("manifests").is_dir() {
+        return (root.to_str().unwrap().to_owned(), bytes_of(root));
+    }
+    let tmp = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let world = WorldConfig::try_new(5, w, h).unwrap();
+    let records: Vec<ImageRecord> = (0..n).map(|i| record(&world, i)).collect();
+    let loc = shards::open(tmp.to_str().unwrap()).unwrap();
+    // The labeler's encodings and compression, with smaller row groups than its default so that even
+    // the 640 px set spans several shuffle windows.
+    let props = shards::encoding::record_writer_properties()
+        .into_builder()
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    runtime().block_on(async {
+        for (s, chunk) in records.chunks((records.len() as u64).div_ceil(SHARDS) as usize).enumerate() {
+            let batch = schemas::records_to_batch(chunk).unwrap();
+            let bytes =
+                shards::encode_parquet(std::slice::from_ref(&batch), batch.schema(), props.clone(), "bench").unwrap();
+            commit_bytes(&loc, s as u64, SHARDS, bytes, chunk.len() as u64).await;
+        }
+    });
+    std::fs::rename(&tmp, root).unwrap();
+    (root.to_str().unwrap().to_owned(), bytes_of(root))
 }
 
-fn measure(path: &str, tasks: Vec<Task>, size: usize, batch: usize, workers: usize, seconds: f64) -> f64 {
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// CPU seconds used by this process so far (all threads), from `/proc/self/stat` (ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+struct Rate {
+    wall: f64,
+    per_cpu: f64,
+    cpu_util: f64,
+}
+
+fn measure(path: &str, tasks: Vec<Task>, size: usize, batch: usize, workers: usize, seconds: f64) -> Rate {
     let classes = NumClasses { cls: SCENE_CLASSES.len(), det: OBJECT_CLASSES.len(), seg: SEG_CLASSES.len() };
     let mut cfg = trainer::data::DataConfig::new(vec![spec("world", path, tasks)], size, batch, classes);
     cfg.workers = workers;
     cfg.prefetch = 2 * workers;
     cfg.seed = 1;
     let mut loader = Loader::new(cfg, SamplerState::default()).unwrap();
-    for _ in 0..2 {
+    for _ in 0..3 {
         loader.next_batch().unwrap();
     }
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), cpu_seconds());
     let mut samples = 0usize;
     while start.elapsed() < Duration::from_secs_f64(seconds) {
         samples += loader.next_batch().unwrap().size;
     }
-    samples as f64 / start.elapsed().as_secs_f64()
+    let (wall, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    // Stop the loader before the next row so its prefetching does not overlap the next measurement.
+    drop(loader);
+    Rate { wall: samples as f64 / wall, per_cpu: samples as f64 / cpu.max(1e-3), cpu_util: cpu / wall }
 }
 
 fn main() {
     let seconds: f64 = std::env::var("LOADER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6.0);
+    let out_dir = std::env::var("TRAIN_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/bench"));
+    std::fs::create_dir_all(&out_dir).unwrap();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
     let mut rows = Vec::new();
-    for (name, w, h, crop, n, batch) in [
-        ("128 px crop, 128×96 JPEG", 128u32, 96u32, 128usize, 512u64, 32usize),
-        ("640 px crop, 640×480 JPEG", 640, 480, 640, 96, 8),
-    ] {
-        let world = WorldConfig::try_new(5, w, h).unwrap();
-        let (path, root) = local_root(dir.path(), &format!("w{w}"));
-        let records: Vec<ImageRecord> = (0..n).map(|i| record(&world, i)).collect();
-        let jpeg_bytes: usize = records.iter().map(|r| r.image.as_ref().unwrap().len()).sum();
-        rt.block_on(async {
-            for (s, chunk) in records.chunks(records.len() / 4).enumerate() {
-                write_shard(&root, s as u64, 4, chunk, 32).await;
-            }
-        });
-        println!("{name}: {n} images, mean JPEG {} KiB", jpeg_bytes / n as usize / 1024);
-        let mut counts = vec![1usize];
+    println!("| setting | workers | samples/s (wall) | CPU cores busy | samples per CPU-second |");
+    println!("|---|---|---|---|---|");
+    for (name, w, h, crop, n, batch) in SETTINGS {
+        let (path, bytes) = ensure_shards(&out_dir.join(format!("train-shards-{name}")), w, h, n);
+        let mut runs = vec![(1usize, all_tasks(), "all tasks")];
         if cores > 1 {
-            counts.push(cores);
+            runs.push((cores, all_tasks(), "all tasks"));
         }
-        for workers in counts {
-            let rate = measure(&path, all_tasks(), crop, batch, workers, seconds);
-            rows.push(Row { setting: format!("{name}, all tasks"), workers, samples_per_s: rate });
+        runs.push((1, vec![Task::Classification, Task::Detection], "cls+det only"));
+        for (workers, tasks, what) in runs {
+            let r = measure(&path, tasks, crop, batch, workers, seconds);
+            println!(
+                "| {crop} px crop, {w}×{h} JPEG, {what} | {workers} | {:.0} | {:.2} | {:.0} |",
+                r.wall, r.cpu_util, r.per_cpu
+            );
+            rows.push(json!({
+                "setting": name, "crop": crop, "source": format!("{w}x{h}"), "images": n,
+                "parquet_bytes_per_image": bytes / n as usize, "batch": batch, "tasks": what, "workers": workers,
+                "samples_per_s": r.wall, "cpu_util": r.cpu_util, "samples_per_cpu_s": r.per_cpu,
+            }));
         }
-        // Without the full-resolution mask and depth lists: how much of the cost is reading labels.
-        let rate = measure(&path, vec![Task::Classification, Task::Detection], crop, batch, 1, seconds);
-        rows.push(Row { setting: format!("{name}, cls+det only"), workers: 1, samples_per_s: rate });
     }
-    println!();
-    println!("| setting | workers | samples/s | samples/s per worker |");
-    println!("|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.0} | {:.0} |",
-            r.setting,
-            r.workers,
-            r.samples_per_s,
-            r.samples_per_s / r.workers as f64
-        );
-    }
-    println!("({cores} cores; the reader thread and Parquet decoding share them with the workers)");
+    println!("({cores} cores; the reader thread and Parquet decoding run next to the workers and are charged)");
+    let file = out_dir.join("train-loader-rust.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&json!({"cores": cores, "rows": rows})).unwrap()).unwrap();
 }
