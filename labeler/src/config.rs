@@ -172,14 +172,7 @@ pub enum ConfigError {
     Spec(#[from] crate::spec::SpecError),
 }
 
-/// Resolve `location` against `base_dir` unless it is a URL or absolute.
-pub fn resolve_location(location: &str, base_dir: &Path) -> String {
-    if location.contains("://") || Path::new(location).is_absolute() {
-        location.to_owned()
-    } else {
-        base_dir.join(location).to_string_lossy().into_owned()
-    }
-}
+pub use shards::resolve_location;
 
 fn read(file: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.display().to_string(), source })

@@ -17,4 +17,4 @@ pub use commit::{
 };
 pub use read::{open_file, read_all, ObjectReader, OpenedFile, ReadError};
 
-pub use store::{open, Location, OpenError};
+pub use store::{open, resolve_location, Location, OpenError};

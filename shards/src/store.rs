@@ -78,6 +78,16 @@ pub enum OpenError {
     },
 }
 
+/// Resolve `location` against `base_dir` unless it is a URL or an absolute path, so config files can name
+/// stores relative to themselves and work from any working directory.
+pub fn resolve_location(location: &str, base_dir: &std::path::Path) -> String {
+    if location.contains("://") || std::path::Path::new(location).is_absolute() {
+        location.to_owned()
+    } else {
+        base_dir.join(location).to_string_lossy().into_owned()
+    }
+}
+
 /// Open `location`: a local path (created if missing) or a URL.
 ///
 /// Local paths are opened with fsync on, so a committed shard survives a machine crash.

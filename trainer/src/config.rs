@@ -313,15 +313,6 @@ pub struct Overrides {
     pub threads: Option<usize>,
 }
 
-/// Resolve `location` against `base` unless it is a URL or absolute.
-fn resolve(location: &str, base: &Path) -> String {
-    if location.contains("://") || Path::new(location).is_absolute() {
-        location.to_owned()
-    } else {
-        base.join(location).to_string_lossy().into_owned()
-    }
-}
-
 impl TrainConfig {
     /// Read, resolve and validate `file`.
     pub fn load(file: &Path, overrides: &Overrides) -> Result<TrainConfig, ConfigError> {
@@ -337,17 +328,17 @@ impl TrainConfig {
         let base = file.parent().unwrap_or(Path::new(".")).to_owned();
         let mut data = raw.data;
         for d in &mut data.datasets {
-            d.location = resolve(&d.location, &base);
+            d.location = shards::resolve_location(&d.location, &base);
         }
         let mut eval = raw.eval;
         if let Some(e) = &mut eval {
             for d in &mut e.datasets {
-                d.location = resolve(&d.location, &base);
+                d.location = shards::resolve_location(&d.location, &base);
             }
         }
         let mut cfg = TrainConfig {
             file: file.to_owned(),
-            out: PathBuf::from(resolve(&raw.out, &base)),
+            out: PathBuf::from(shards::resolve_location(&raw.out, &base)),
             data,
             model: raw.model,
             optim: raw.optim,
@@ -443,12 +434,9 @@ impl TrainConfig {
             if e.batch_size == 0 {
                 return Err(self.invalid("eval.batch_size", "must be at least 1"));
             }
-            let mut eval_data = self.data.clone();
-            eval_data.datasets = e.datasets.clone();
-            eval_data.image_size = e.image_size.unwrap_or(self.data.image_size);
-            eval_data.sampling = crate::data::Sampling::Uniform;
-            eval_data.passes = Some(1);
-            eval_data.validate().map_err(|err| self.invalid("eval", err.to_string()))?;
+            if let Some(eval_data) = self.eval_data() {
+                eval_data.validate().map_err(|err| self.invalid("eval", err.to_string()))?;
+            }
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::batch::BoxTarget;
+use crate::model::fcos::iou;
 use crate::model::Detection;
 
 /// δ threshold.
@@ -59,10 +60,6 @@ pub struct DetAccumulator {
     scored: BTreeMap<u16, Vec<(f32, bool)>>,
     /// Per class: ground-truth boxes.
     gt: BTreeMap<u16, u64>,
-}
-
-fn iou(a: (f32, f32, f32, f32), b: (f32, f32, f32, f32)) -> f32 {
-    crate::model::fcos::iou(a, b)
 }
 
 impl DetAccumulator {

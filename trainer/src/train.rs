@@ -121,13 +121,10 @@ impl Model {
     pub fn load(&mut self, tensors: Vec<(String, Tensor)>, strict: bool, path: &Path) -> Result<(), TrainError> {
         let fail = |reason: String| TrainError::Resume { path: path.display().to_string(), reason };
         let mut given: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-        let mut vars = self.vs.variables();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        let names: Vec<String> = names.into_iter().cloned().collect();
-        for name in &names {
-            let var = vars.get_mut(name).expect("listed above");
-            match given.remove(name) {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, var) in &mut vars {
+            match given.remove(name.as_str()) {
                 Some(t) if t.size() == var.size() => tch::no_grad(|| var.copy_(&t)),
                 Some(t) => {
                     return Err(fail(format!("tensor {name:?} has shape {:?}, the model {:?}", t.size(), var.size())))
