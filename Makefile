@@ -96,12 +96,12 @@ demo: build $(WORLD)/world.json
 	@echo "demo: pseudo labels in $(SHARDS_OUT), pictures in out/render/index.png;"
 	@echo "demo: the student's run in out/train (metrics.jsonl, curves.png, checkpoints/)."
 
-# Whole-pipeline numbers on 640x480 images: per-stage busy time next to wall time (BENCHMARKS.md).
+# Labeler numbers on 640x480 JPEGs (BENCHMARKS.md): the whole pipeline next to teacher inference alone on the
+# same inputs and batches, host-side CPU per image, peak RSS, and a plain Python pipeline on the same images.
+# See tools/bench/bench_label.sh.
+LABEL_ROUNDS ?= 2
 bench-label: build
-	@test -f $(ROOT)/out/bench/world/world.json || $(BIN)/world --out $(ROOT)/out/bench/world --width 640 --height 480 --cls 0 --det 0 --seg 0 --depth 0 --eval 0 --pool 512
-	rm -rf $(ROOT)/out/bench/shards
-	$(BIN)/labeler run --config configs/bench-label.toml --shard 0 --num-shards 1 --plan-if-missing --stats-json $(ROOT)/out/bench/label-stats.json
-	cat $(ROOT)/out/bench/label-stats.json
+	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench LABEL_ROUNDS=$(LABEL_ROUNDS) tools/bench/bench_label.sh
 
 # Trainer numbers (BENCHMARKS.md): loader samples per core at 128 and 640 px crops next to a plain PyTorch
 # DataLoader on the same Parquet (shards written once under TRAIN_BENCH_DIR), and the student's training step

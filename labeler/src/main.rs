@@ -180,7 +180,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Probe { config } => {
             let cfg = LabelConfig::load(&config, None)?;
             for entry in &cfg.teachers {
-                let t = labeler::teacher::Teacher::load(&entry.spec, &entry.file, cfg.run.provider, 1)?;
+                let t = labeler::teacher::Teacher::load(
+                    &entry.spec,
+                    &entry.file,
+                    &labeler::runtime::SessionSettings { intra_threads: 1, ..cfg.session_settings() },
+                )?;
                 println!(
                     "{} ({:?}) {} sha256 {}",
                     entry.spec.name,

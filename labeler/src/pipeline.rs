@@ -5,9 +5,12 @@
 //! the next chunk is fetched and decoded:
 //!
 //! ```text
-//! fetch (tokio, bounded concurrency) → decode + resize (rayon) → inference workers (one session per
-//! teacher per worker) → writer (re-orders chunks, encodes row groups, puts files) → manifest
+//! fetch (tokio, bounded concurrency) → decode + resize for every teacher (rayon) → inference workers (one
+//! session per teacher per worker: normalise into the batch tensor, run) → post-process (rayon) → writer
+//! (re-orders chunks, encodes row groups, puts files) → manifest
 //! ```
+//! Only the model runs on the inference workers; everything else per image runs on the parallel stages,
+//! so the teachers wait as little as possible for host work.
 //! Every input ends in exactly one place: a record row, or an error row naming the stage and reason.
 //! Output rows follow the sorted input order, so the same shard gives byte-identical Parquet on re-runs.
 
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fast_image_resize::Resizer;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
@@ -40,7 +44,7 @@ use tracing::{info, warn};
 use crate::config::{LabelConfig, SupervisedSource};
 use crate::decode::{self, DecodeLimits};
 use crate::spec::{Task, TeacherSpec};
-use crate::teacher::{ImageFailure, Prediction, Teacher, TeacherError};
+use crate::teacher::{ImageFailure, Prediction, RawOutput, Teacher, TeacherError, TeacherInput};
 
 /// The version written into provenance.
 pub const LABELER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -102,6 +106,52 @@ pub struct ShardStats {
     pub stage_seconds: BTreeMap<String, f64>,
     pub wall_seconds: f64,
     pub images_per_second: f64,
+    /// The process's peak resident set size so far (Linux `VmHWM`), when the platform reports it.
+    pub peak_rss_bytes: Option<u64>,
+    /// CPU seconds the process used (all threads) from when the teachers were loaded to the commit (Linux).
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Knobs for measuring the pipeline, not for labelling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardOptions {
+    /// Run each teacher once per input shape and reuse those outputs ([`Teacher::replay_outputs`]): the
+    /// run does all host-side work (fetch, decode, resize, post-process, write) with almost no inference.
+    /// Its labels are wrong, so it is for benchmarks writing to a scratch output only.
+    pub replay_outputs: bool,
+}
+
+/// Peak resident set size of this process, from `/proc/self/status` (`None` where that does not exist).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat`.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based), in
+    // clock ticks of 1/100 s on Linux.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The smallest image side every teacher's largest input still needs, so a JPEG may be decoded at reduced
+/// scale down to it; `None` when some teacher takes the image at its own size (no reduction is safe).
+pub fn scaled_decode_min_side(cfg: &LabelConfig) -> Option<u32> {
+    let mut side = 0u32;
+    for t in &cfg.teachers {
+        if t.spec.resize == crate::spec::Resize::Original {
+            return None;
+        }
+        let scale = t.spec.scales.iter().copied().fold(1.0f32, f32::max);
+        side = side.max(((t.spec.input_size[0].max(t.spec.input_size[1]) as f32) * scale).ceil() as u32);
+    }
+    Some(side)
 }
 
 /// Freeze the inputs of every dataset in `cfg` under the output location.
@@ -185,11 +235,18 @@ struct Fetched {
     truth: Option<Result<[Bytes; 3], ErrorRecord>>,
 }
 
-/// One decoded input, ready for the teachers.
+/// One decoded input, resized for every teacher that still has to label it.
 struct Decoded {
     entry: InputEntry,
     uri: String,
-    outcome: Result<(decode::DecodedImage, Option<Bytes>, ImageRecord), ErrorRecord>,
+    outcome: Result<(decode::DecodedImage, ImageRecord, Vec<Option<TeacherInput>>), ErrorRecord>,
+}
+
+/// One input after inference: its record so far and each teacher's raw outputs (`None`: not needed).
+struct Inferred {
+    entry: InputEntry,
+    uri: String,
+    outcome: Result<(ImageRecord, Vec<Option<RawOutput>>), ErrorRecord>,
 }
 
 struct Chunk<T> {
@@ -520,6 +577,18 @@ pub fn run_shard_at(
     attempt: &str,
     progress: &dyn Progress,
 ) -> Result<ShardOutcome, PipelineError> {
+    run_shard_with(cfg, out, shard, attempt, progress, ShardOptions::default())
+}
+
+/// Like [`run_shard_at`], with measurement options.
+pub fn run_shard_with(
+    cfg: &LabelConfig,
+    out: &Location,
+    shard: ShardId,
+    attempt: &str,
+    progress: &dyn Progress,
+    options: ShardOptions,
+) -> Result<ShardOutcome, PipelineError> {
     let started = Instant::now();
     let rt = runtime()?;
     let out = out.clone();
@@ -533,10 +602,15 @@ pub fn run_shard_at(
     for _ in 0..workers {
         let mut ts = Vec::new();
         for entry in &cfg.teachers {
-            ts.push(Teacher::load(&entry.spec, &entry.file, cfg.run.provider, cfg.run.intra_threads)?);
+            let mut teacher = Teacher::load(&entry.spec, &entry.file, &cfg.session_settings())?;
+            if options.replay_outputs {
+                teacher.replay_outputs();
+            }
+            ts.push(teacher);
         }
         worker_teachers.push(ts);
     }
+    let cpu_at_start = process_cpu_seconds();
     let teacher_info: Vec<(TeacherSpec, String)> =
         worker_teachers[0].iter().map(|t| (t.spec().clone(), t.model_sha256().to_owned())).collect();
     let class_counts: HashMap<Task, usize> = teacher_info.iter().map(|(s, _)| (s.task, s.classes.len())).collect();
@@ -570,26 +644,23 @@ pub fn run_shard_at(
     let datasets = Arc::new(datasets);
 
     let clocks: Arc<BTreeMap<&'static str, StageClock>> = Arc::new(
-        ["fetch", "decode", "inference", "write"].into_iter().map(|s| (s, StageClock(AtomicU64::new(0)))).collect(),
+        ["fetch", "decode", "inference", "session", "postprocess", "write"]
+            .into_iter()
+            .map(|s| (s, StageClock(AtomicU64::new(0))))
+            .collect(),
     );
     let chunk = cfg.run.chunk_images;
     let queue = cfg.run.queue_chunks;
     let limits = cfg.decode_limits();
-    let min_side = cfg
-        .teachers
-        .iter()
-        .map(|t| {
-            let s = t.spec.scales.iter().copied().fold(1.0f32, f32::max);
-            ((t.spec.input_size[0].max(t.spec.input_size[1]) as f32) * s).ceil() as u32
-        })
-        .max()
-        .unwrap_or(0);
-    let scaled_decode = cfg.run.scaled_decode;
+    // `None` (a teacher needs the full image) turns reduced-scale decoding off.
+    let scaled_decode = if cfg.run.scaled_decode { scaled_decode_min_side(cfg) } else { None };
     let store_images = cfg.run.store_images;
 
     let (fetch_tx, fetch_rx) = sync_channel::<Chunk<Fetched>>(queue);
     let (decode_tx, decode_rx) = sync_channel::<Chunk<Decoded>>(queue);
-    let (label_tx, label_rx) = sync_channel::<Chunk<Result<ImageRecord, ErrorRecord>>>(queue * workers.max(1));
+    let (infer_tx, infer_rx) = sync_channel::<Chunk<Inferred>>(queue * workers.max(1));
+    let (label_tx, label_rx) = sync_channel::<Chunk<Result<ImageRecord, ErrorRecord>>>(queue);
+    let specs: Vec<TeacherSpec> = teacher_info.iter().map(|(s, _)| s.clone()).collect();
 
     std::thread::scope(|scope| -> Result<ShardOutcome, PipelineError> {
         // Fetch.
@@ -608,19 +679,10 @@ pub fn run_shard_at(
             let datasets = datasets.clone();
             let class_counts = class_counts.clone();
             let threads = cfg.run.decode_threads;
+            let specs = &specs;
             scope.spawn(move || {
-                decode_stage(
-                    fetch_rx,
-                    decode_tx,
-                    threads,
-                    limits,
-                    scaled_decode,
-                    min_side,
-                    store_images,
-                    &datasets,
-                    &class_counts,
-                    &clocks,
-                )
+                let settings = DecodeSettings { limits, scaled_min_side: scaled_decode, store_images };
+                decode_stage(fetch_rx, decode_tx, threads, &settings, specs, &datasets, &class_counts, &clocks)
             })
         };
         // Inference workers share one queue of decoded chunks.
@@ -628,11 +690,18 @@ pub fn run_shard_at(
         let mut worker_handles = Vec::new();
         for teachers in worker_teachers {
             let rx = decode_rx.clone();
-            let tx = label_tx.clone();
+            let tx = infer_tx.clone();
             let clocks = clocks.clone();
             worker_handles.push(scope.spawn(move || inference_stage(teachers, rx, tx, &clocks)));
         }
-        drop(label_tx);
+        drop(infer_tx);
+        // Post-processing, in parallel, off the inference workers.
+        let post_handle = {
+            let clocks = clocks.clone();
+            let specs = &specs;
+            let threads = cfg.run.decode_threads;
+            scope.spawn(move || postprocess_stage(infer_rx, label_tx, threads, specs, &clocks))
+        };
 
         // Write (this thread).
         let result = write_stage(cfg, &rt, &out, shard, attempt, &teacher_info, &index, label_rx, progress, &clocks);
@@ -642,6 +711,7 @@ pub fn run_shard_at(
         for h in worker_handles {
             h.join().map_err(|_| PipelineError::StageDied("inference"))?;
         }
+        post_handle.join().map_err(|_| PipelineError::StageDied("postprocess"))?;
         let (committed, mut stats) = result?;
         if fetched != entries.len() as u64 || decoded != fetched {
             return Err(PipelineError::StageDied("fetch/decode (inputs went missing)"));
@@ -649,6 +719,8 @@ pub fn run_shard_at(
         stats.inputs = entries.len() as u64;
         stats.wall_seconds = started.elapsed().as_secs_f64();
         stats.images_per_second = stats.inputs as f64 / stats.wall_seconds.max(1e-9);
+        stats.peak_rss_bytes = peak_rss_bytes();
+        stats.cpu_seconds = process_cpu_seconds().zip(cpu_at_start).map(|(end, start)| end - start);
         for (name, clock) in clocks.iter() {
             stats.stage_seconds.insert((*name).to_owned(), clock.seconds());
         }
@@ -720,15 +792,21 @@ fn fetch_stage(
     sent
 }
 
+/// How the decode stage treats each input.
+struct DecodeSettings {
+    limits: DecodeLimits,
+    /// Decode JPEGs at reduced scale down to this side (`None`: always full size).
+    scaled_min_side: Option<u32>,
+    store_images: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn decode_stage(
     rx: Receiver<Chunk<Fetched>>,
     tx: SyncSender<Chunk<Decoded>>,
     threads: usize,
-    limits: DecodeLimits,
-    scaled: bool,
-    min_side: u32,
-    store_images: bool,
+    settings: &DecodeSettings,
+    specs: &[TeacherSpec],
     datasets: &HashMap<String, DatasetCtx>,
     class_counts: &HashMap<Task, usize>,
     clocks: &BTreeMap<&'static str, StageClock>,
@@ -742,7 +820,7 @@ fn decode_stage(
             chunk
                 .items
                 .into_par_iter()
-                .map(|f| decode_one(f, &limits, scaled, min_side, store_images, datasets, class_counts))
+                .map_init(Resizer::new, |resizer, f| decode_one(f, settings, specs, resizer, datasets, class_counts))
                 .collect()
         });
         clocks["decode"].add(t.elapsed());
@@ -754,22 +832,21 @@ fn decode_stage(
     done
 }
 
+/// Decode one input, attach its supervised labels, and resize it for every teacher whose task it still lacks.
 fn decode_one(
     f: Fetched,
-    limits: &DecodeLimits,
-    scaled: bool,
-    min_side: u32,
-    store_images: bool,
+    settings: &DecodeSettings,
+    specs: &[TeacherSpec],
+    resizer: &mut Resizer,
     datasets: &HashMap<String, DatasetCtx>,
     class_counts: &HashMap<Task, usize>,
 ) -> Decoded {
     let Fetched { entry, uri, bytes, truth } = f;
     let outcome = (|| {
         let bytes = bytes?;
-        let decoded = if scaled {
-            decode::decode_scaled(&bytes, limits, min_side, min_side)
-        } else {
-            decode::decode(&bytes, limits)
+        let decoded = match settings.scaled_min_side {
+            Some(side) => decode::decode_scaled(&bytes, &settings.limits, side, side),
+            None => decode::decode(&bytes, &settings.limits),
         }
         .map_err(|e| error_record(&entry, &uri, Stage::Decode, e.reason, e.detail))?;
         let mut rec =
@@ -783,7 +860,16 @@ fn decode_one(
             };
             supervised_labels(&mut rec, &entry, &uri, ctx, truth, class_counts)?;
         }
-        Ok((decoded, if store_images { Some(bytes) } else { None }, rec))
+        if settings.store_images {
+            rec.image = Some(bytes.to_vec());
+        }
+        let inputs = specs
+            .iter()
+            .map(|spec| {
+                rec.source(schema_task(spec.task)).is_none().then(|| TeacherInput::prepare(spec, &decoded.rgb, resizer))
+            })
+            .collect();
+        Ok((decoded, rec, inputs))
     })();
     Decoded { entry, uri, outcome }
 }
@@ -791,7 +877,7 @@ fn decode_one(
 fn inference_stage(
     mut teachers: Vec<Teacher>,
     rx: Arc<Mutex<Receiver<Chunk<Decoded>>>>,
-    tx: SyncSender<Chunk<Result<ImageRecord, ErrorRecord>>>,
+    tx: SyncSender<Chunk<Inferred>>,
     clocks: &BTreeMap<&'static str, StageClock>,
 ) {
     loop {
@@ -800,86 +886,127 @@ fn inference_stage(
             Err(_) => break,
         };
         let t = Instant::now();
-        let items = label_chunk(&mut teachers, chunk.items);
+        let session_before: f64 = teachers.iter().map(Teacher::session_seconds).sum();
+        let items = infer_chunk(&mut teachers, chunk.items);
         clocks["inference"].add(t.elapsed());
+        let session_after: f64 = teachers.iter().map(Teacher::session_seconds).sum();
+        clocks["session"].add(Duration::from_secs_f64(session_after - session_before));
         if tx.send(Chunk { seq: chunk.seq, items }).is_err() {
             break;
         }
     }
 }
 
-fn label_chunk(teachers: &mut [Teacher], items: Vec<Decoded>) -> Vec<Result<ImageRecord, ErrorRecord>> {
-    let mut out: Vec<Result<ImageRecord, ErrorRecord>> = Vec::with_capacity(items.len());
-    let mut images = Vec::with_capacity(items.len());
-    let mut meta = Vec::with_capacity(items.len());
+/// An error row for a per-image failure inside a teacher.
+fn image_failure_record(entry: &InputEntry, uri: &str, teacher: &str, f: ImageFailure) -> ErrorRecord {
+    let stage = if f.stage == "preprocess" { Stage::Preprocess } else { Stage::Postprocess };
+    error_record(entry, uri, stage, f.reason, format!("teacher {teacher:?}: {}", f.detail))
+}
+
+/// Run every teacher over the rows of a chunk that need it. Images are dropped once all teachers ran.
+fn infer_chunk(teachers: &mut [Teacher], items: Vec<Decoded>) -> Vec<Inferred> {
+    let n_teachers = teachers.len();
+    let mut rows: Vec<Inferred> = Vec::with_capacity(items.len());
+    let mut images: Vec<Option<(decode::DecodedImage, Vec<Option<TeacherInput>>)>> = Vec::with_capacity(items.len());
     for d in items {
         match d.outcome {
-            Ok((img, bytes, mut rec)) => {
-                rec.image = bytes.map(|b| b.to_vec());
-                out.push(Ok(rec));
-                images.push(Some(img));
-                meta.push((d.entry, d.uri));
+            Ok((img, rec, inputs)) => {
+                let outcome = Ok((rec, (0..n_teachers).map(|_| None).collect()));
+                rows.push(Inferred { entry: d.entry, uri: d.uri, outcome });
+                images.push(Some((img, inputs)));
             }
             Err(e) => {
-                out.push(Err(e));
+                rows.push(Inferred { entry: d.entry, uri: d.uri, outcome: Err(e) });
                 images.push(None);
-                meta.push((d.entry, d.uri));
             }
         }
     }
-    for teacher in teachers.iter_mut() {
-        let task = schema_task(teacher.spec().task);
-        // Rows that still need this task.
-        let todo: Vec<usize> =
-            (0..out.len()).filter(|&i| matches!(&out[i], Ok(rec) if rec.source(task).is_none())).collect();
+    for (t, teacher) in teachers.iter_mut().enumerate() {
+        let todo: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].outcome.is_ok() && images[i].as_ref().is_some_and(|(_, inputs)| inputs[t].is_some()))
+            .collect();
         if todo.is_empty() {
             continue;
         }
-        let refs: Vec<&image::RgbImage> = todo.iter().map(|&i| &images[i].as_ref().expect("decoded").rgb).collect();
+        let batch: Vec<(&image::RgbImage, &TeacherInput)> = todo
+            .iter()
+            .map(|&i| {
+                let (img, inputs) = images[i].as_ref().expect("decoded");
+                (&img.rgb, inputs[t].as_ref().expect("needed"))
+            })
+            .collect();
         let name = teacher.spec().name.clone();
-        let result = catch_unwind(AssertUnwindSafe(|| teacher.predict(&refs)));
-        let fail_all = |out: &mut Vec<Result<ImageRecord, ErrorRecord>>, reason: &str, detail: String| {
-            for &i in &todo {
-                let (entry, uri) = &meta[i];
-                out[i] = Err(error_record(entry, uri, Stage::Inference, reason, detail.clone()));
-            }
-        };
-        match result {
-            Ok(Ok(preds)) => {
-                let spec = teacher.spec().clone();
-                for (&i, p) in todo.iter().zip(preds) {
-                    match p {
-                        Ok(pred) => {
-                            if let Ok(rec) = &mut out[i] {
-                                apply_prediction(rec, &spec, pred);
+        let result = catch_unwind(AssertUnwindSafe(|| teacher.infer(&batch)));
+        let failure: Option<(&str, String)> = match result {
+            Ok(Ok(raws)) => {
+                for (&i, raw) in todo.iter().zip(raws) {
+                    let Inferred { entry, uri, outcome } = &mut rows[i];
+                    match raw {
+                        Ok(raw) => {
+                            if let Ok((_, raws)) = outcome {
+                                raws[t] = Some(raw);
                             }
                         }
-                        Err(ImageFailure { stage, reason, detail }) => {
-                            let (entry, uri) = &meta[i];
-                            let stage = if stage == "preprocess" { Stage::Preprocess } else { Stage::Postprocess };
-                            out[i] =
-                                Err(error_record(entry, uri, stage, reason, format!("teacher {name:?}: {detail}")));
-                        }
+                        Err(f) => *outcome = Err(image_failure_record(entry, uri, &name, f)),
                     }
                 }
+                None
             }
             Ok(Err(e)) => {
                 warn!(teacher = %name, error = %e, "a batch failed in inference; its images become error rows");
-                fail_all(&mut out, "inference_failed", e.to_string());
+                Some(("inference_failed", e.to_string()))
             }
-            Err(_) => fail_all(&mut out, "panic", format!("teacher {name:?} panicked")),
-        }
-    }
-    // A record that does not validate becomes an error row, never a bad row in a shard.
-    for (i, r) in out.iter_mut().enumerate() {
-        if let Ok(rec) = r {
-            if let Err(e) = rec.validate() {
-                let (entry, uri) = &meta[i];
-                *r = Err(error_record(entry, uri, Stage::Postprocess, "invalid_output", e.to_string()));
+            Err(_) => Some(("panic", format!("teacher {name:?} panicked"))),
+        };
+        if let Some((reason, detail)) = failure {
+            for &i in &todo {
+                let Inferred { entry, uri, outcome } = &mut rows[i];
+                *outcome = Err(error_record(entry, uri, Stage::Inference, reason, detail.clone()));
             }
         }
     }
-    out
+    rows
+}
+
+fn postprocess_stage(
+    rx: Receiver<Chunk<Inferred>>,
+    tx: SyncSender<Chunk<Result<ImageRecord, ErrorRecord>>>,
+    threads: usize,
+    specs: &[TeacherSpec],
+    clocks: &BTreeMap<&'static str, StageClock>,
+) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("post-processing thread pool");
+    for chunk in rx {
+        let t = Instant::now();
+        let items: Vec<Result<ImageRecord, ErrorRecord>> = pool.install(|| {
+            use rayon::prelude::*;
+            chunk.items.into_par_iter().map(|item| finish_one(item, specs)).collect()
+        });
+        clocks["postprocess"].add(t.elapsed());
+        if tx.send(Chunk { seq: chunk.seq, items }).is_err() {
+            break;
+        }
+    }
+}
+
+/// Turn one row's raw outputs into pseudo labels. A panic or a record that does not validate becomes an
+/// error row, never a bad row in a shard.
+fn finish_one(item: Inferred, specs: &[TeacherSpec]) -> Result<ImageRecord, ErrorRecord> {
+    let Inferred { entry, uri, outcome } = item;
+    let (mut rec, raws) = outcome?;
+    for (spec, raw) in specs.iter().zip(raws) {
+        let Some(raw) = raw else { continue };
+        match catch_unwind(AssertUnwindSafe(|| Teacher::finish(spec, raw))) {
+            Ok(Ok(pred)) => apply_prediction(&mut rec, spec, pred),
+            Ok(Err(f)) => return Err(image_failure_record(&entry, &uri, &spec.name, f)),
+            Err(_) => {
+                let detail = format!("teacher {:?} panicked in post-processing", spec.name);
+                return Err(error_record(&entry, &uri, Stage::Postprocess, "panic", detail));
+            }
+        }
+    }
+    rec.validate().map_err(|e| error_record(&entry, &uri, Stage::Postprocess, "invalid_output", e.to_string()))?;
+    Ok(rec)
 }
 
 #[allow(clippy::too_many_arguments)]

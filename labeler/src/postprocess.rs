@@ -45,21 +45,25 @@ pub fn class_distribution(scores: &[f32], kind: ScoreKind, temperature: f32) -> 
 
 /// In-place softmax over the class axis of a `[C, H·W]` plane set.
 pub fn softmax_planes(planes: &mut [f32], classes: usize) {
+    // Plane by plane rather than pixel by pixel: the loops run over contiguous memory and vectorise; each
+    // pixel still sums its classes in class order, so results equal the per-pixel form.
     let n = planes.len() / classes;
-    for i in 0..n {
-        let mut max = f32::NEG_INFINITY;
-        for c in 0..classes {
-            max = max.max(planes[c * n + i]);
+    if n == 0 {
+        return;
+    }
+    let mut max = planes[..n].to_vec();
+    for plane in planes.chunks_exact(n).skip(1) {
+        max.iter_mut().zip(plane).for_each(|(m, &v)| *m = m.max(v));
+    }
+    let mut sum = vec![0f32; n];
+    for plane in planes.chunks_exact_mut(n) {
+        for ((v, m), s) in plane.iter_mut().zip(&max).zip(&mut sum) {
+            *v = (*v - m).exp();
+            *s += *v;
         }
-        let mut sum = 0.0;
-        for c in 0..classes {
-            let e = (planes[c * n + i] - max).exp();
-            planes[c * n + i] = e;
-            sum += e;
-        }
-        for c in 0..classes {
-            planes[c * n + i] /= sum;
-        }
+    }
+    for plane in planes.chunks_exact_mut(n) {
+        plane.iter_mut().zip(&sum).for_each(|(v, s)| *v /= s);
     }
 }
 
@@ -261,6 +265,22 @@ mod tests {
         assert!(hot[1] < 0.6, "high temperature flattens: {hot:?}");
         let q = class_distribution(&[0.2, 0.8], ScoreKind::Probabilities, 1.0);
         assert_eq!(q, vec![0.2, 0.8]);
+    }
+
+    #[test]
+    fn plane_softmax_equals_the_per_pixel_definition() {
+        let (classes, n) = (7, 53);
+        let logits: Vec<f32> = (0..classes * n).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 7.0).collect();
+        let mut planes = logits.clone();
+        softmax_planes(&mut planes, classes);
+        for i in 0..n {
+            let max = (0..classes).map(|c| logits[c * n + i]).fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = (0..classes).map(|c| (logits[c * n + i] - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for c in 0..classes {
+                assert_eq!(planes[c * n + i], e[c] / sum, "pixel {i} class {c}");
+            }
+        }
     }
 
     #[test]

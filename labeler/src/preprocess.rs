@@ -1,5 +1,10 @@
 //! Turning a decoded image into a teacher's input tensor, and mapping predictions back.
 //!
+//! The work is split in two so the pipeline can place it well: [`resize`] (the costly part: u8 pixels, run
+//! on the parallel decode workers, skipped when a teacher takes the image as it is) and [`normalize_into`]
+//! (u8 → f32 with the spec's scale/mean/std, written straight into the batch tensor by the inference worker).
+//! [`prepare`] does both for one image.
+//!
 //! Each resize policy records a `Transform` from input-tensor pixels to normalised coordinates of the
 //! original image, so boxes from a letterboxed or cropped input land on the right place of the original,
 //! and dense outputs (masks, depth) can be resampled back to the region of the original they cover.
@@ -54,6 +59,21 @@ pub struct Prepared {
     pub transform: Transform,
 }
 
+/// One image resized for a teacher input, still u8 HWC.
+#[derive(Debug, Clone)]
+pub struct Resized {
+    /// `height·width·3` bytes, or `None` when the input is the source image itself (no resize needed).
+    pub pixels: Option<Vec<u8>>,
+    pub transform: Transform,
+}
+
+impl Resized {
+    /// The HWC bytes of this input: its own, or `source`'s when it needed no resize.
+    pub fn hwc<'a>(&'a self, source: &'a RgbImage) -> &'a [u8] {
+        self.pixels.as_deref().unwrap_or(source.as_raw())
+    }
+}
+
 /// Why preprocessing failed.
 #[derive(Debug, thiserror::Error)]
 #[error("resizing {from_w}x{from_h} to {to_w}x{to_h}: {message}")]
@@ -97,17 +117,36 @@ pub fn input_size_for(spec: &TeacherSpec, w: u32, h: u32, scale: f32) -> [u32; 2
 }
 
 /// Preprocess `img` for `spec` at multi-scale factor `scale` (1.0 for single-scale teachers).
-#[allow(clippy::needless_late_init)] // each resize policy sets the transform at the end of its own branch
 pub fn prepare(
     img: &RgbImage,
     spec: &TeacherSpec,
     scale: f32,
     resizer: &mut Resizer,
 ) -> Result<Prepared, PreprocessError> {
+    let r = resize(img, spec, scale, resizer)?;
+    let t = r.transform;
+    let mut chw = vec![0f32; (3 * t.width * t.height) as usize];
+    normalize_into(r.hwc(img), spec, &mut chw);
+    Ok(Prepared { chw, transform: t })
+}
+
+/// Resize `img` to `spec`'s input at multi-scale factor `scale`, with the transform back to the original.
+#[allow(clippy::needless_late_init)] // each resize policy sets the transform at the end of its own branch
+pub fn resize(
+    img: &RgbImage,
+    spec: &TeacherSpec,
+    scale: f32,
+    resizer: &mut Resizer,
+) -> Result<Resized, PreprocessError> {
     let (w, h) = img.dimensions();
     let [ih, iw] = input_size_for(spec, w, h, scale);
     let fail = |message: String| PreprocessError { from_w: w, from_h: h, to_w: iw, to_h: ih, message };
     let alg = algorithm(spec.filter);
+    let identity =
+        Transform { scale_x: iw as f32, scale_y: ih as f32, offset_x: 0.0, offset_y: 0.0, width: iw, height: ih };
+    if (iw, ih) == (w, h) && !matches!(spec.resize, Resize::Letterbox { .. } | Resize::ShorterSideCrop { .. }) {
+        return Ok(Resized { pixels: None, transform: identity });
+    }
     // Where the original lands in the input, in input pixels: (dst_x, dst_y, dst_w, dst_h) of the resized
     // image, plus an optional crop of the source.
     let mut canvas = vec![0u8; (iw * ih * 3) as usize];
@@ -117,14 +156,7 @@ pub fn prepare(
             let mut dst =
                 Image::from_slice_u8(iw, ih, &mut canvas, PixelType::U8x3).map_err(|e| fail(e.to_string()))?;
             resizer.resize(img, &mut dst, &ResizeOptions::new().resize_alg(alg)).map_err(|e| fail(e.to_string()))?;
-            transform = Transform {
-                scale_x: iw as f32,
-                scale_y: ih as f32,
-                offset_x: 0.0,
-                offset_y: 0.0,
-                width: iw,
-                height: ih,
-            };
+            transform = identity;
         }
         Resize::Letterbox { pad } => {
             let s = (iw as f32 / w as f32).min(ih as f32 / h as f32);
@@ -176,13 +208,13 @@ pub fn prepare(
             };
         }
     }
-    Ok(Prepared { chw: to_chw(&canvas, iw, ih, spec), transform })
+    Ok(Resized { pixels: Some(canvas), transform })
 }
 
-/// HWC u8 → CHW f32 with the spec's scale, mean, std and colour order.
-fn to_chw(hwc: &[u8], w: u32, h: u32, spec: &TeacherSpec) -> Vec<f32> {
-    let plane = (w * h) as usize;
-    let mut out = vec![0f32; plane * 3];
+/// HWC u8 → CHW f32 with the spec's scale, mean, std and colour order, into `out` (`3·h·w` values).
+pub fn normalize_into(hwc: &[u8], spec: &TeacherSpec, out: &mut [f32]) {
+    assert_eq!(hwc.len(), out.len(), "HWC bytes and CHW values differ in count");
+    let plane = hwc.len() / 3;
     let order: [usize; 3] = match spec.color {
         ColorOrder::Rgb => [0, 1, 2],
         ColorOrder::Bgr => [2, 1, 0],
@@ -202,7 +234,6 @@ fn to_chw(hwc: &[u8], w: u32, h: u32, spec: &TeacherSpec) -> Vec<f32> {
         g[i] = px[order[1]] as f32 * a[1] + b[1];
         bl[i] = px[order[2]] as f32 * a[2] + b[2];
     }
-    out
 }
 
 #[cfg(test)]

@@ -81,8 +81,27 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
     result.as_ref().map_err(|e| RuntimeError::Environment(e.clone()))
 }
 
-/// Build a session for `model` with the given provider and intra-op threads.
-pub fn session(teacher: &str, model: &Path, provider: Provider, threads: usize) -> Result<Session, RuntimeError> {
+/// How each teacher's session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    pub provider: Provider,
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    /// Let idle intra-op threads busy-wait for the next parallel section (ONNX Runtime's default). Off, they
+    /// sleep and leave the cores to other work, at some cost in inference throughput.
+    pub spin_wait: bool,
+}
+
+impl SessionSettings {
+    /// CPU, `threads` intra-op threads, ONNX Runtime's default busy-waiting.
+    pub fn cpu(threads: usize) -> Self {
+        Self { provider: Provider::Cpu, intra_threads: threads, spin_wait: true }
+    }
+}
+
+/// Build a session for `model` with the given settings.
+pub fn session(teacher: &str, model: &Path, settings: &SessionSettings) -> Result<Session, RuntimeError> {
+    let (provider, threads) = (settings.provider, settings.intra_threads);
     let env = environment()?;
     let fail = |e: ort::Error| RuntimeError::Session {
         teacher: teacher.to_owned(),
@@ -94,6 +113,8 @@ pub fn session(teacher: &str, model: &Path, provider: Provider, threads: usize) 
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| fail(e.into()))?
         .with_intra_threads(threads.max(1))
+        .map_err(|e| fail(e.into()))?
+        .with_intra_op_spinning(settings.spin_wait)
         .map_err(|e| fail(e.into()))?;
     builder = match provider {
         Provider::Cpu => builder,

@@ -6,8 +6,9 @@
 //! field — before any image is read. Sessions take `&mut self` to run, so each inference worker owns
 //! its own `Teacher`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fast_image_resize::Resizer;
 use image::RgbImage;
@@ -16,8 +17,8 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
 use crate::postprocess::{self, Detection};
-use crate::preprocess::{self, input_size_for, Prepared};
-use crate::runtime::{self, Provider, RuntimeError};
+use crate::preprocess::{self, input_size_for, Resized};
+use crate::runtime::{self, RuntimeError, SessionSettings};
 use crate::spec::{Batch, DetectionFormat, Layout, OutputRef, Resize, ScoreKind, Task, TeacherSpec};
 
 /// A pseudo label for one image from one teacher.
@@ -63,6 +64,11 @@ pub struct Teacher {
     outputs: BTreeMap<String, String>,
     model_sha256: String,
     resizer: Resizer,
+    /// Time spent inside `Session::run` since load, and how many runs.
+    session_time: Duration,
+    session_runs: u64,
+    /// Benchmarks only: per (images, height, width), the outputs of the first run, reused for later batches.
+    replay: Option<HashMap<(usize, usize, usize), Vec<ScaleOutput>>>,
 }
 
 fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
@@ -82,21 +88,26 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
 
 impl Teacher {
     /// Load `spec`'s model (declared in `spec_file`) and check it against the spec.
-    pub fn load(
-        spec: &TeacherSpec,
-        spec_file: &Path,
-        provider: Provider,
-        threads: usize,
-    ) -> Result<Self, TeacherError> {
+    pub fn load(spec: &TeacherSpec, spec_file: &Path, settings: &SessionSettings) -> Result<Self, TeacherError> {
         let model_sha256 = file_sha256(&spec.model).map_err(|source| TeacherError::Model {
             teacher: spec.name.clone(),
             path: spec.model.clone(),
             source,
         })?;
-        let session = runtime::session(&spec.name, &spec.model, provider, threads)?;
+        let session = runtime::session(&spec.name, &spec.model, settings)?;
         let file = spec_file.display().to_string();
         let (input_name, outputs) = check(spec, &file, &session)?;
-        Ok(Self { spec: spec.clone(), session, input_name, outputs, model_sha256, resizer: Resizer::new() })
+        Ok(Self {
+            spec: spec.clone(),
+            session,
+            input_name,
+            outputs,
+            model_sha256,
+            resizer: Resizer::new(),
+            session_time: Duration::ZERO,
+            session_runs: 0,
+            replay: None,
+        })
     }
 
     /// The validated spec.
@@ -107,6 +118,25 @@ impl Teacher {
     /// sha256 of the model file.
     pub fn model_sha256(&self) -> &str {
         &self.model_sha256
+    }
+
+    /// Seconds spent inside ONNX Runtime's `Session::run` since this teacher was loaded: the inference
+    /// itself, without pre- and post-processing.
+    pub fn session_seconds(&self) -> f64 {
+        self.session_time.as_secs_f64()
+    }
+
+    /// How many times the model has run since this teacher was loaded.
+    pub fn session_runs(&self) -> u64 {
+        self.session_runs
+    }
+
+    /// For benchmarks of the host-side work: from now on the model runs once per distinct input shape and
+    /// later batches of that shape get a copy of that run's outputs, so pre-processing, output extraction
+    /// and post-processing all still happen but inference almost never does. The labels are wrong; never
+    /// use this for real labels.
+    pub fn replay_outputs(&mut self) {
+        self.replay.get_or_insert_with(HashMap::new);
     }
 
     /// A description of the model's inputs and outputs, for `labeler probe`.
@@ -128,92 +158,118 @@ impl Teacher {
         TeacherError::Inference { teacher: self.spec.name.clone(), message: message.to_string() }
     }
 
-    /// Label `images`. The result has one entry per image, in order. An error is returned only when the
-    /// whole batch could not run (the caller then records every image of it as an inference error).
+    /// Label `images`: [`TeacherInput::prepare`], [`Teacher::infer`] and [`Teacher::finish`] in one call. The
+    /// result has one entry per image, in order. An error is returned only when the whole batch could not
+    /// run (the caller then records every image of it as an inference error).
     pub fn predict(&mut self, images: &[&RgbImage]) -> Result<Vec<Result<Prediction, ImageFailure>>, TeacherError> {
-        let scales = self.spec.scales.clone();
-        let mut per_scale: Vec<Vec<Result<ScaleOutput, ImageFailure>>> = Vec::with_capacity(scales.len());
-        for &scale in &scales {
-            per_scale.push(self.run_scale(images, scale)?);
-        }
-        let mut out = Vec::with_capacity(images.len());
-        for (i, img) in images.iter().enumerate() {
-            let mut outs = Vec::with_capacity(scales.len());
-            let mut failure = None;
-            for s in per_scale.iter_mut() {
-                match std::mem::replace(&mut s[i], Err(placeholder())) {
-                    Ok(o) => outs.push(o),
-                    Err(f) => failure = Some(f),
-                }
-            }
-            out.push(match failure {
-                Some(f) => Err(f),
-                None => self.combine(img, outs),
-            });
-        }
-        Ok(out)
+        let inputs: Vec<TeacherInput> =
+            images.iter().map(|img| TeacherInput::prepare(&self.spec, img, &mut self.resizer)).collect();
+        let items: Vec<(&RgbImage, &TeacherInput)> = images.iter().copied().zip(&inputs).collect();
+        let raw = self.infer(&items)?;
+        Ok(raw.into_iter().map(|r| r.and_then(|r| Teacher::finish(&self.spec, r))).collect())
     }
 
-    fn run_scale(
+    /// Run the model over prepared images (each with the decoded image it was prepared from), batching
+    /// images that share an input size. Returns each image's raw outputs, for [`Teacher::finish`]; an error
+    /// only when a whole batch could not run.
+    pub fn infer(
         &mut self,
-        images: &[&RgbImage],
-        scale: f32,
-    ) -> Result<Vec<Result<ScaleOutput, ImageFailure>>, TeacherError> {
-        let mut prepared: Vec<Result<Prepared, ImageFailure>> = Vec::with_capacity(images.len());
-        for img in images {
-            let p = preprocess::prepare(img, &self.spec, scale, &mut self.resizer).map_err(|e| ImageFailure {
-                stage: "preprocess",
-                reason: "unsupported",
-                detail: e.to_string(),
-            });
-            prepared.push(p);
-        }
-        let mut results: Vec<Option<Result<ScaleOutput, ImageFailure>>> = (0..images.len()).map(|_| None).collect();
-        // Group images that share an input size (all of them, unless the resize keeps aspect) and run the
-        // groups in chunks of the model's batch.
-        let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-        for (i, p) in prepared.iter().enumerate() {
-            match p {
-                Ok(p) => groups.entry((p.transform.height, p.transform.width)).or_default().push(i),
-                Err(f) => results[i] = Some(Err(f.clone())),
+        items: &[(&RgbImage, &TeacherInput)],
+    ) -> Result<Vec<Result<RawOutput, ImageFailure>>, TeacherError> {
+        let n_scales = self.spec.scales.len();
+        let mut outs: Vec<Result<Vec<ScaleOutput>, ImageFailure>> = Vec::with_capacity(items.len());
+        for (_, input) in items {
+            match input.scales.iter().find_map(|s| s.as_ref().err()) {
+                Some(f) => outs.push(Err(f.clone())),
+                None => outs.push(Ok(Vec::with_capacity(n_scales))),
             }
         }
-        let batch = self.spec.batch.size();
-        for ((h, w), members) in groups {
-            for chunk in members.chunks(batch) {
-                let refs: Vec<&Prepared> = chunk.iter().map(|&i| prepared[i].as_ref().expect("grouped")).collect();
-                let outs = self.run_chunk(&refs, h as usize, w as usize)?;
-                for (&i, o) in chunk.iter().zip(outs) {
-                    results[i] = Some(Ok(o));
+        for scale in 0..n_scales {
+            // Group images that share an input size (all of them, unless the resize keeps aspect) and run
+            // the groups in chunks of the model's batch.
+            let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+            for (i, (_, input)) in items.iter().enumerate() {
+                if let (Ok(_), Ok(r)) = (&outs[i], &input.scales[scale]) {
+                    groups.entry((r.transform.height, r.transform.width)).or_default().push(i);
+                }
+            }
+            let batch = self.spec.batch.size();
+            for ((h, w), members) in groups {
+                for chunk in members.chunks(batch) {
+                    let refs: Vec<(&RgbImage, &Resized)> = chunk
+                        .iter()
+                        .map(|&i| (items[i].0, items[i].1.scales[scale].as_ref().expect("grouped")))
+                        .collect();
+                    let got = self.run_chunk(&refs, h as usize, w as usize)?;
+                    for (&i, o) in chunk.iter().zip(got) {
+                        if let Ok(v) = &mut outs[i] {
+                            v.push(o);
+                        }
+                    }
                 }
             }
         }
-        Ok(results.into_iter().map(|r| r.expect("every image has a result")).collect())
+        Ok(outs
+            .into_iter()
+            .zip(items)
+            .map(|(o, (_, input))| o.map(|scales| RawOutput { width: input.width, height: input.height, scales }))
+            .collect())
     }
 
-    fn run_chunk(&mut self, items: &[&Prepared], h: usize, w: usize) -> Result<Vec<ScaleOutput>, TeacherError> {
+    fn run_chunk(
+        &mut self,
+        items: &[(&RgbImage, &Resized)],
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<ScaleOutput>, TeacherError> {
         let plane = 3 * h * w;
         let run_n = match self.spec.batch {
             Batch::Static(n) => n,
             Batch::Dynamic(_) => items.len(),
         };
         let mut data = vec![0f32; run_n * plane];
-        for (k, p) in items.iter().enumerate() {
-            data[k * plane..(k + 1) * plane].copy_from_slice(&p.chw);
+        for (k, (img, r)) in items.iter().enumerate() {
+            preprocess::normalize_into(r.hwc(img), &self.spec, &mut data[k * plane..(k + 1) * plane]);
         }
         let shape: Vec<i64> = match self.spec.layout {
             Layout::Nchw => vec![run_n as i64, 3, h as i64, w as i64],
             Layout::Chw => vec![3, h as i64, w as i64],
         };
+        let replay_key = (items.len(), h, w);
+        let out = match self.replay.as_ref().and_then(|r| r.get(&replay_key)) {
+            Some(cached) => cached.iter().take(items.len()).cloned().collect(),
+            None => {
+                let out = self.run_session(shape, data, run_n, items.len())?;
+                if let Some(r) = self.replay.as_mut() {
+                    r.insert(replay_key, out.clone());
+                }
+                out
+            }
+        };
+        // Attach transforms.
+        Ok(out.into_iter().zip(items).map(|(o, (_, r))| ScaleOutput::WithTransform(Box::new(o), r.transform)).collect())
+    }
+
+    /// Run the model on one batch tensor and split its outputs into `n` per-image outputs.
+    fn run_session(
+        &mut self,
+        shape: Vec<i64>,
+        data: Vec<f32>,
+        run_n: usize,
+        n: usize,
+    ) -> Result<Vec<ScaleOutput>, TeacherError> {
         let tensor = Tensor::from_array((shape, data)).map_err(|e| self.fail(e))?;
         let input_name = self.input_name.clone();
         let outputs = self.outputs.clone();
         let task = self.spec.task;
         let format = self.spec.detection_format;
+        let started = Instant::now();
         let session_outputs = self
             .session
             .run(ort::inputs![input_name.as_str() => tensor])
             .map_err(|e| TeacherError::Inference { teacher: self.spec.name.clone(), message: e.to_string() })?;
+        self.session_time += started.elapsed();
+        self.session_runs += 1;
         let get_f32 = |role: &str| -> Result<(Vec<i64>, Vec<f32>), String> {
             let name = &outputs[role];
             let (shape, data) = session_outputs[name.as_str()]
@@ -221,7 +277,7 @@ impl Teacher {
                 .map_err(|e| format!("output {name:?} ({role}): {e}"))?;
             Ok((shape.to_vec(), data.to_vec()))
         };
-        let mut out = Vec::with_capacity(items.len());
+        let mut out = Vec::with_capacity(n);
         let name = self.spec.name.clone();
         let fail = |m: String| TeacherError::Inference { teacher: name.clone(), message: m };
         match (task, format) {
@@ -254,21 +310,21 @@ impl Teacher {
                 let (shape, data) = get_f32("output").map_err(fail)?;
                 let per = data.len() / run_n.max(1);
                 let anchors = *shape.last().unwrap_or(&0) as usize;
-                for k in 0..items.len() {
+                for k in 0..n {
                     out.push(ScaleOutput::Yolo { data: data[k * per..(k + 1) * per].to_vec(), anchors });
                 }
             }
             (Task::Detection, _) => {
                 let (_, data) = get_f32("output").map_err(fail)?;
                 let per = data.len() / run_n.max(1);
-                for k in 0..items.len() {
+                for k in 0..n {
                     out.push(ScaleOutput::YoloNms { data: data[k * per..(k + 1) * per].to_vec() });
                 }
             }
             (Task::Classification, _) => {
                 let (_, data) = get_f32("scores").map_err(fail)?;
                 let per = data.len() / run_n.max(1);
-                for k in 0..items.len() {
+                for k in 0..n {
                     out.push(ScaleOutput::Scores(data[k * per..(k + 1) * per].to_vec()));
                 }
             }
@@ -276,7 +332,7 @@ impl Teacher {
                 let (shape, data) = get_f32("scores").map_err(fail)?;
                 let (oh, ow) = (shape[shape.len() - 2] as usize, shape[shape.len() - 1] as usize);
                 let per = data.len() / run_n.max(1);
-                for k in 0..items.len() {
+                for k in 0..n {
                     out.push(ScaleOutput::Dense { data: data[k * per..(k + 1) * per].to_vec(), h: oh, w: ow });
                 }
             }
@@ -284,26 +340,18 @@ impl Teacher {
                 let (shape, data) = get_f32("depth").map_err(fail)?;
                 let (oh, ow) = (shape[shape.len() - 2] as usize, shape[shape.len() - 1] as usize);
                 let per = oh * ow;
-                for k in 0..items.len() {
+                for k in 0..n {
                     out.push(ScaleOutput::Dense { data: data[k * per..(k + 1) * per].to_vec(), h: oh, w: ow });
                 }
             }
         }
-        // Attach transforms.
-        Ok(out
-            .into_iter()
-            .zip(items)
-            .map(|(o, p)| match o {
-                ScaleOutput::Boxes { .. } | ScaleOutput::Yolo { .. } | ScaleOutput::YoloNms { .. } => {
-                    ScaleOutput::WithTransform(Box::new(o), p.transform)
-                }
-                other => ScaleOutput::WithTransform(Box::new(other), p.transform),
-            })
-            .collect())
+        Ok(out)
     }
 
-    fn combine(&self, img: &RgbImage, outs: Vec<ScaleOutput>) -> Result<Prediction, ImageFailure> {
-        let spec = &self.spec;
+    /// Post-process one image's raw outputs into its pseudo label (soft distribution, thresholded boxes,
+    /// mask with the ignore label, depth map). Needs only the spec, so it can run on any thread.
+    pub fn finish(spec: &TeacherSpec, raw: RawOutput) -> Result<Prediction, ImageFailure> {
+        let RawOutput { width: img_w, height: img_h, scales: outs } = raw;
         let nc = spec.classes.len();
         let post = |detail: String| ImageFailure { stage: "postprocess", reason: "invalid_output", detail };
         match spec.task {
@@ -351,8 +399,7 @@ impl Teacher {
                 Ok(Prediction::Detection(dets))
             }
             Task::Segmentation => {
-                let (w, h) = img.dimensions();
-                let [bh, bw] = input_size_for(spec, w, h, 1.0);
+                let [bh, bw] = input_size_for(spec, img_w, img_h, 1.0);
                 // The base grid is the scale-1 input region showing the image.
                 let mut acc: Option<(Vec<f32>, usize, usize)> = None;
                 let n_scales = outs.len() as f32;
@@ -428,12 +475,43 @@ fn base_grid(spec: &TeacherSpec, t: preprocess::Transform, bw: u32, bh: u32) -> 
     }
 }
 
-fn placeholder() -> ImageFailure {
-    ImageFailure { stage: "inference", reason: "internal", detail: String::new() }
+/// One decoded image resized for one teacher at each of its scales (the costly part of preprocessing,
+/// done on the decode workers; normalisation happens when the batch tensor is filled).
+#[derive(Debug, Clone)]
+pub struct TeacherInput {
+    width: u32,
+    height: u32,
+    scales: Vec<Result<Resized, ImageFailure>>,
+}
+
+impl TeacherInput {
+    /// Resize `img` for `spec` at every configured scale. A failure is kept and reported for this image.
+    pub fn prepare(spec: &TeacherSpec, img: &RgbImage, resizer: &mut Resizer) -> Self {
+        let scales = spec
+            .scales
+            .iter()
+            .map(|&scale| {
+                preprocess::resize(img, spec, scale, resizer).map_err(|e| ImageFailure {
+                    stage: "preprocess",
+                    reason: "unsupported",
+                    detail: e.to_string(),
+                })
+            })
+            .collect();
+        Self { width: img.width(), height: img.height(), scales }
+    }
+}
+
+/// One image's raw model outputs at every scale, before post-processing ([`Teacher::finish`]).
+#[derive(Debug)]
+pub struct RawOutput {
+    width: u32,
+    height: u32,
+    scales: Vec<ScaleOutput>,
 }
 
 /// Raw per-image output of one scale, before post-processing.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ScaleOutput {
     Scores(Vec<f32>),
     Boxes { boxes: Vec<f32>, labels: Vec<i64>, scores: Vec<f32> },

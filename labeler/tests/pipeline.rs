@@ -481,3 +481,56 @@ print(n, pseudo)
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "16 16");
 }
+
+#[test]
+fn scaled_decode_is_off_when_a_teacher_takes_the_image_at_its_own_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().to_string_lossy().into_owned();
+    // The demo detector takes the image as it is (torchvision detection): no reduced-scale decoding.
+    let file = write_config(&dir.path().join("a"), "out", &[("pool", images.clone(), None)], "");
+    assert_eq!(pipeline::scaled_decode_min_side(&LabelConfig::load(&file, None).unwrap()), None);
+    // Without it, the largest input decides: the segmenter's 96 px at scale 1.25.
+    let onnx = workspace().join("tools/teachers/onnx");
+    let teachers = dir.path().join("teachers.toml");
+    std::fs::write(
+        &teachers,
+        format!(
+            "[[teacher]]\nname = \"c\"\nmodel = {:?}\npreset = \"torchvision-classification\"\ninput_size = [96, 96]\n\
+             batch = \"dynamic\"\nclasses = [\"meadow\", \"desert\", \"snowfield\", \"night\", \"sunset\", \"beach\", \
+             \"forest\", \"city\"]\n\n[[teacher]]\nname = \"s\"\nmodel = {:?}\npreset = \"torchvision-segmentation\"\n\
+             input_size = [96, 96]\nbatch = \"dynamic\"\nscales = [0.75, 1.0, 1.25]\nclasses = [\"sky\", \"ground\", \
+             \"ball\", \"crate\", \"cone\", \"ring\", \"pillar\"]\n",
+            onnx.join("classifier.onnx"),
+            onnx.join("segmenter.onnx")
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("b.toml");
+    std::fs::write(
+        &config,
+        format!("teachers = [{teachers:?}]\noutput = \"out\"\n\n[[dataset]]\nname = \"pool\"\nlocation = {images:?}\n"),
+    )
+    .unwrap();
+    assert_eq!(pipeline::scaled_decode_min_side(&LabelConfig::load(&config, None).unwrap()), Some(120));
+}
+
+#[test]
+fn host_only_replay_run_still_ends_every_input_in_a_row_and_reports_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, output) = pool_config(dir.path(), 24, "");
+    pipeline::plan(&cfg).unwrap();
+    let loc = shards::open(&output).unwrap();
+    let options = pipeline::ShardOptions { replay_outputs: true };
+    let outcome =
+        pipeline::run_shard_with(&cfg, &loc, ShardId { index: 0, count: 1 }, "replay", &NoProgress, options).unwrap();
+    let ShardOutcome::Committed { stats, .. } = outcome else { panic!("not committed: {outcome:?}") };
+    assert_eq!(stats.labelled + stats.errors, stats.inputs);
+    assert_eq!(read_records(&output).len() as u64, stats.labelled);
+    for stage in ["fetch", "decode", "inference", "session", "write"] {
+        assert!(stats.stage_seconds.contains_key(stage), "{stage} missing from {:?}", stats.stage_seconds);
+    }
+    assert!(stats.stage_seconds["session"] <= stats.stage_seconds["inference"]);
+    if cfg!(target_os = "linux") {
+        assert!(stats.peak_rss_bytes.unwrap() > 0);
+    }
+}
