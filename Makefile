@@ -99,7 +99,7 @@ demo: build $(WORLD)/world.json
 # Labeler numbers on 640x480 JPEGs (BENCHMARKS.md): the whole pipeline next to teacher inference alone on the
 # same inputs and batches, host-side CPU per image, peak RSS, and a plain Python pipeline on the same images.
 # See tools/bench/bench_label.sh.
-LABEL_ROUNDS ?= 2
+LABEL_ROUNDS ?= 3
 bench-label: build
 	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench LABEL_ROUNDS=$(LABEL_ROUNDS) tools/bench/bench_label.sh
 

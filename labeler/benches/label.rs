@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo bench -p labeler --bench label -- --mode inference-only --config configs/bench-label.toml --scratch DIR
-//! cargo bench -p labeler --bench label -- --mode host-only      --config configs/bench-label.toml --scratch DIR
+//! cargo bench -p labeler --bench label -- --mode host-only      --config configs/bench-label.toml --scratch DIR \
+//!     [--num-shards N]   # shard 0 of N: peak RSS at a smaller shard
 //! ```
 //! - `inference-only` is the bound for the whole pipeline: the same inputs, in the same chunks and teacher
 //!   batches, are fetched and decoded first (not timed); then each teacher labels each chunk alone on the
@@ -37,6 +38,8 @@ fn main() -> Result<()> {
     let mode = value("--mode").context("--mode inference-only|host-only is required")?;
     let config = PathBuf::from(value("--config").context("--config FILE is required")?);
     let scratch = value("--scratch").context("--scratch DIR (a throw-away output directory) is required")?;
+    // Shard 0 of this many (host-only): peak RSS at two shard sizes shows memory does not grow with the shard.
+    let num_shards: u64 = value("--num-shards").map_or(Ok(1), |v| v.parse()).context("--num-shards N")?;
     if std::path::Path::new(&scratch).exists() {
         std::fs::remove_dir_all(&scratch).with_context(|| format!("clearing {scratch}"))?;
     }
@@ -44,7 +47,7 @@ fn main() -> Result<()> {
     pipeline::plan(&cfg)?;
     let report = match mode.as_str() {
         "inference-only" => inference_only(&cfg)?,
-        "host-only" => host_only(&cfg)?,
+        "host-only" => host_only(&cfg, num_shards)?,
         other => bail!("unknown --mode {other:?}: expected inference-only or host-only"),
     };
     let text = serde_json::to_string_pretty(&report)?;
@@ -117,10 +120,10 @@ fn inference_only(cfg: &LabelConfig) -> Result<serde_json::Value> {
     }))
 }
 
-fn host_only(cfg: &LabelConfig) -> Result<serde_json::Value> {
+fn host_only(cfg: &LabelConfig, num_shards: u64) -> Result<serde_json::Value> {
     let out = shards::open(&cfg.output)?;
     let options = ShardOptions { replay_outputs: true };
-    let shard = ShardId { index: 0, count: 1 };
+    let shard = ShardId { index: 0, count: num_shards };
     let outcome = pipeline::run_shard_with(cfg, &out, shard, "bench-host-only", &NoProgress, options)?;
     let ShardOutcome::Committed { stats, .. } = outcome else {
         bail!("the scratch shard was not committed by this run")

@@ -5,14 +5,15 @@ Reads the JSON files tools/bench/bench_label.sh wrote into --bench-dir:
   label-inference-<round>.json  the bench's inference-only mode: the bound;
   label-host.json               the bench's host-only mode: host-side CPU per image;
   label-python.json             tools/bench/label_baseline.py.
-Whole pipeline against the bound: each side keeps its best round (load from other jobs only ever adds time)
-and every round's own ratio is printed too.
+Whole pipeline against the bound: every round's own ratio (the two ran back to back), their median (the
+headline), and each side's best round.
 """
 
 import argparse
 import glob
 import json
 import os
+import statistics
 
 
 def load(path):
@@ -47,10 +48,12 @@ def main():
             ratio = full["images_per_second"] / inf["bound_images_per_second"]
             print(f"| {i} | {full['inputs']} | {full['images_per_second']:.2f} | "
                   f"{inf['bound_images_per_second']:.2f} | {ratio:.3f} |")
+        median = statistics.median(f["images_per_second"] / i["bound_images_per_second"] for f, i in rounds)
         best_full = max(rounds, key=lambda r: r[0]["images_per_second"])[0]
         best_inf = max(rounds, key=lambda r: r[1]["bound_images_per_second"])[1]
         bf, bb = best_full["images_per_second"], best_inf["bound_images_per_second"]
-        print(f"| best of {len(rounds)} | | {bf:.2f} | {bb:.2f} | **{bf / bb:.3f}** |")
+        print(f"| best of {len(rounds)} | | {bf:.2f} | {bb:.2f} | {bf / bb:.3f} |")
+        print(f"| median of the rounds' own ratios | | | | **{median:.3f}** |")
         best[setting] = (best_full, best_inf)
 
         stages = best_full["stage_seconds"]
@@ -93,7 +96,12 @@ def main():
     print("|---|---|---|---|")
     print(f"| {mib(full.get('peak_rss_bytes'))} | {mib(inf.get('peak_rss_bytes'))} | "
           f"{mib(host.get('peak_rss_bytes'))} | {py['peak_rss_mib']:,.0f} |")
-
+    mem = [load(f) for f in sorted(glob.glob(os.path.join(d, "label-memory-*.json")), reverse=True)]
+    if mem:
+        print("\nPeak RSS against shard size (host-only, configs/bench-label-memory.toml: 64 MiB data files):\n")
+        print("| images in the shard | " + " | ".join(str(m["images"]) for m in mem) + " |")
+        print("|---|" + "---|" * len(mem))
+        print("| peak RSS MiB | " + " | ".join(mib(m.get("peak_rss_bytes")) for m in mem) + " |")
 
 if __name__ == "__main__":
     main()
