@@ -184,31 +184,48 @@ impl Teacher {
                 None => outs.push(Ok(Vec::with_capacity(n_scales))),
             }
         }
+        // Every batch to run: images that share a scale and an input size (all of them, unless the resize
+        // keeps aspect), in chunks of the model's batch.
+        let batch = self.spec.batch.size();
+        let mut jobs: Vec<(usize, usize, usize, Vec<usize>)> = Vec::new();
         for scale in 0..n_scales {
-            // Group images that share an input size (all of them, unless the resize keeps aspect) and run
-            // the groups in chunks of the model's batch.
             let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
             for (i, (_, input)) in items.iter().enumerate() {
                 if let (Ok(_), Ok(r)) = (&outs[i], &input.scales[scale]) {
                     groups.entry((r.transform.height, r.transform.width)).or_default().push(i);
                 }
             }
-            let batch = self.spec.batch.size();
             for ((h, w), members) in groups {
                 for chunk in members.chunks(batch) {
-                    let refs: Vec<(&RgbImage, &Resized)> = chunk
-                        .iter()
-                        .map(|&i| (items[i].0, items[i].1.scales[scale].as_ref().expect("grouped")))
-                        .collect();
-                    let got = self.run_chunk(&refs, h as usize, w as usize)?;
-                    for (&i, o) in chunk.iter().zip(got) {
-                        if let Ok(v) = &mut outs[i] {
-                            v.push(o);
-                        }
-                    }
+                    jobs.push((scale, h as usize, w as usize, chunk.to_vec()));
                 }
             }
         }
+        // The next batch's tensor is filled on a helper thread while the model runs on this one, so the
+        // session waits for no host work when a core is free.
+        let spec = self.spec.clone();
+        let tensor_for = |job: &(usize, usize, usize, Vec<usize>)| {
+            let (scale, h, w, members) = job;
+            let refs: Vec<(&RgbImage, &Resized)> =
+                members.iter().map(|&i| (items[i].0, items[i].1.scales[*scale].as_ref().expect("grouped"))).collect();
+            batch_tensor(&spec, &refs, *h, *w)
+        };
+        std::thread::scope(|scope| -> Result<(), TeacherError> {
+            let mut next = jobs.first().map(|job| scope.spawn(|| tensor_for(job)));
+            for (k, (scale, h, w, members)) in jobs.iter().enumerate() {
+                let (shape, data) = next.take().expect("prefetched").join().expect("filling a batch tensor panicked");
+                next = jobs.get(k + 1).map(|job| scope.spawn(|| tensor_for(job)));
+                let transforms: Vec<preprocess::Transform> =
+                    members.iter().map(|&i| items[i].1.scales[*scale].as_ref().expect("grouped").transform).collect();
+                let got = self.run_batch(shape, data, &transforms, *h, *w)?;
+                for (&i, o) in members.iter().zip(got) {
+                    if let Ok(v) = &mut outs[i] {
+                        v.push(o);
+                    }
+                }
+            }
+            Ok(())
+        })?;
         Ok(outs
             .into_iter()
             .zip(items)
@@ -216,38 +233,32 @@ impl Teacher {
             .collect())
     }
 
-    fn run_chunk(
+    /// Run one batch tensor (or replay a cached result of the same shape) and attach each image's transform.
+    fn run_batch(
         &mut self,
-        items: &[(&RgbImage, &Resized)],
+        shape: Vec<i64>,
+        data: Vec<f32>,
+        transforms: &[preprocess::Transform],
         h: usize,
         w: usize,
     ) -> Result<Vec<ScaleOutput>, TeacherError> {
-        let plane = 3 * h * w;
+        let n = transforms.len();
         let run_n = match self.spec.batch {
-            Batch::Static(n) => n,
-            Batch::Dynamic(_) => items.len(),
+            Batch::Static(size) => size,
+            Batch::Dynamic(_) => n,
         };
-        let mut data = vec![0f32; run_n * plane];
-        for (k, (img, r)) in items.iter().enumerate() {
-            preprocess::normalize_into(r.hwc(img), &self.spec, &mut data[k * plane..(k + 1) * plane]);
-        }
-        let shape: Vec<i64> = match self.spec.layout {
-            Layout::Nchw => vec![run_n as i64, 3, h as i64, w as i64],
-            Layout::Chw => vec![3, h as i64, w as i64],
-        };
-        let replay_key = (items.len(), h, w);
+        let replay_key = (n, h, w);
         let out = match self.replay.as_ref().and_then(|r| r.get(&replay_key)) {
-            Some(cached) => cached.iter().take(items.len()).cloned().collect(),
+            Some(cached) => cached.iter().take(n).cloned().collect(),
             None => {
-                let out = self.run_session(shape, data, run_n, items.len())?;
+                let out = self.run_session(shape, data, run_n, n)?;
                 if let Some(r) = self.replay.as_mut() {
                     r.insert(replay_key, out.clone());
                 }
                 out
             }
         };
-        // Attach transforms.
-        Ok(out.into_iter().zip(items).map(|(o, (_, r))| ScaleOutput::WithTransform(Box::new(o), r.transform)).collect())
+        Ok(out.into_iter().zip(transforms).map(|(o, t)| ScaleOutput::WithTransform(Box::new(o), *t)).collect())
     }
 
     /// Run the model on one batch tensor and split its outputs into `n` per-image outputs.
@@ -270,12 +281,13 @@ impl Teacher {
             .map_err(|e| TeacherError::Inference { teacher: self.spec.name.clone(), message: e.to_string() })?;
         self.session_time += started.elapsed();
         self.session_runs += 1;
-        let get_f32 = |role: &str| -> Result<(Vec<i64>, Vec<f32>), String> {
+        // Borrowed views of the outputs: each image's part is copied out once, below.
+        let get_f32 = |role: &str| -> Result<(Vec<i64>, &[f32]), String> {
             let name = &outputs[role];
             let (shape, data) = session_outputs[name.as_str()]
                 .try_extract_tensor::<f32>()
                 .map_err(|e| format!("output {name:?} ({role}): {e}"))?;
-            Ok((shape.to_vec(), data.to_vec()))
+            Ok((shape.to_vec(), data))
         };
         let mut out = Vec::with_capacity(n);
         let name = self.spec.name.clone();
@@ -304,7 +316,7 @@ impl Teacher {
                         scores.len()
                     )));
                 }
-                out.push(ScaleOutput::Boxes { boxes, labels, scores });
+                out.push(ScaleOutput::Boxes { boxes: boxes.to_vec(), labels, scores: scores.to_vec() });
             }
             (Task::Detection, Some(DetectionFormat::YoloRaw)) => {
                 let (shape, data) = get_f32("output").map_err(fail)?;
@@ -473,6 +485,24 @@ fn base_grid(spec: &TeacherSpec, t: preprocess::Transform, bw: u32, bh: u32) -> 
         }
         _ => (bw as usize, bh as usize),
     }
+}
+
+/// The input tensor of one batch: its shape and the normalised images (padded to a static batch size).
+fn batch_tensor(spec: &TeacherSpec, items: &[(&RgbImage, &Resized)], h: usize, w: usize) -> (Vec<i64>, Vec<f32>) {
+    let plane = 3 * h * w;
+    let run_n = match spec.batch {
+        Batch::Static(n) => n,
+        Batch::Dynamic(_) => items.len(),
+    };
+    let mut data = vec![0f32; run_n * plane];
+    for ((img, r), dst) in items.iter().zip(data.chunks_exact_mut(plane)) {
+        preprocess::normalize_into(r.hwc(img), spec, dst);
+    }
+    let shape = match spec.layout {
+        Layout::Nchw => vec![run_n as i64, 3, h as i64, w as i64],
+        Layout::Chw => vec![3, h as i64, w as i64],
+    };
+    (shape, data)
 }
 
 /// One decoded image resized for one teacher at each of its scales (the costly part of preprocessing,
