@@ -211,10 +211,19 @@ impl Teacher {
             batch_tensor(&spec, &refs, *h, *w)
         };
         std::thread::scope(|scope| -> Result<(), TeacherError> {
-            let mut next = jobs.first().map(|job| scope.spawn(|| tensor_for(job)));
-            for (k, (scale, h, w, members)) in jobs.iter().enumerate() {
-                let (shape, data) = next.take().expect("prefetched").join().expect("filling a batch tensor panicked");
-                next = jobs.get(k + 1).map(|job| scope.spawn(|| tensor_for(job)));
+            // One helper per call (not per batch: each new thread costs a stack and a malloc arena), at most
+            // one tensor ahead. If a batch fails, dropping `ready` stops the helper.
+            let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+            let (jobs, tensor_for) = (&jobs, &tensor_for);
+            scope.spawn(move || {
+                for job in jobs {
+                    if ready_tx.send(tensor_for(job)).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (scale, h, w, members) in jobs {
+                let (shape, data) = ready.recv().expect("the batch tensor helper stopped early");
                 let transforms: Vec<preprocess::Transform> =
                     members.iter().map(|&i| items[i].1.scales[*scale].as_ref().expect("grouped").transform).collect();
                 let got = self.run_batch(shape, data, &transforms, *h, *w)?;
