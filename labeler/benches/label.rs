@@ -124,7 +124,26 @@ fn host_only(cfg: &LabelConfig, num_shards: u64) -> Result<serde_json::Value> {
     let out = shards::open(&cfg.output)?;
     let options = ShardOptions { replay_outputs: true };
     let shard = ShardId { index: 0, count: num_shards };
-    let outcome = pipeline::run_shard_with(cfg, &out, shard, "bench-host-only", &NoProgress, options)?;
+    // Resident memory sampled every 100 ms: a pipeline whose memory grew with the shard would climb from
+    // quarter to quarter of the run instead of levelling off once its queues are full.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (outcome, samples) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.extend(resident_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            samples
+        });
+        let outcome = pipeline::run_shard_with(cfg, &out, shard, "bench-host-only", &NoProgress, options);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (outcome, sampler.join().expect("RSS sampler"))
+    });
+    let outcome = outcome?;
+    let mean_mib = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len().max(1) as f64 / (1u64 << 20) as f64;
+    let quarters: Vec<f64> =
+        (0..4).map(|q| mean_mib(&samples[q * samples.len() / 4..(q + 1) * samples.len() / 4])).collect();
     let ShardOutcome::Committed { stats, .. } = outcome else {
         bail!("the scratch shard was not committed by this run")
     };
@@ -148,5 +167,15 @@ fn host_only(cfg: &LabelConfig, num_shards: u64) -> Result<serde_json::Value> {
         "stage_seconds": stats.stage_seconds,
         "decode_threads": cfg.run.decode_threads,
         "peak_rss_bytes": stats.peak_rss_bytes,
+        "rss_samples": samples.len(),
+        "mean_rss_mib_by_quarter_of_the_run": quarters,
     }))
+}
+
+/// The current resident set size (Linux `VmRSS`).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }

@@ -16,7 +16,7 @@ DIR=${BENCH_DIR:-out/bench}
 ROUNDS=${LABEL_ROUNDS:-3}
 # The world writes every fourth image as PNG; 682 images give 512 JPEGs, the only ones the configs select.
 POOL=${LABEL_POOL:-682}
-LARGE_POOL=2730   # 2048 JPEGs, for the memory check
+LARGE_POOL=5460   # 4096 JPEGs, for the memory check
 CONFIG=configs/bench-label.toml
 mkdir -p "$DIR"
 
@@ -50,13 +50,13 @@ for setting in all-cores spare-core; do
 done
 echo "== host-side work (teachers replay their outputs)"
 "$bench_bin" --mode host-only --config "$CONFIG" --scratch "$DIR/scratch-host" > "$DIR/label-host.json"
-echo "== peak RSS against shard size: host-only over 512, 1024 and 2048 of $LARGE_POOL images"
+echo "== peak RSS against shard size: host-only over 512 to 4096 of $LARGE_POOL images"
 if [ "$(ls "$DIR/world-large/pool/images" 2>/dev/null | wc -l)" != "$LARGE_POOL" ]; then
   rm -rf "$DIR/world-large"
   "$BIN/world" --out "$DIR/world-large" --seed 8 --width 640 --height 480 --cls 0 --det 0 --seg 0 --depth 0 --eval 0 \
     --pool "$LARGE_POOL"
 fi
-for n in 4 2 1; do
+for n in 8 4 2 1; do
   "$bench_bin" --mode host-only --config configs/bench-label-memory.toml --scratch "$DIR/scratch-memory" \
     --num-shards "$n" > "$DIR/label-memory-$n.json"
 done

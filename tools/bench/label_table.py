@@ -102,6 +102,8 @@ def main():
         print("| images in the shard | " + " | ".join(str(m["images"]) for m in mem) + " |")
         print("|---|" + "---|" * len(mem))
         print("| peak RSS MiB | " + " | ".join(mib(m.get("peak_rss_bytes")) for m in mem) + " |")
+        print("| mean RSS MiB by quarter of the run | " + " | ".join(
+            " / ".join(f"{q:.0f}" for q in m["mean_rss_mib_by_quarter_of_the_run"]) for m in mem) + " |")
 
 if __name__ == "__main__":
     main()
