@@ -131,7 +131,7 @@ fn host_only(cfg: &LabelConfig, num_shards: u64) -> Result<serde_json::Value> {
         let sampler = scope.spawn(|| {
             let mut samples = Vec::new();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                samples.extend(resident_bytes());
+                samples.extend(pipeline::resident_bytes());
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             samples
@@ -170,12 +170,4 @@ fn host_only(cfg: &LabelConfig, num_shards: u64) -> Result<serde_json::Value> {
         "rss_samples": samples.len(),
         "mean_rss_mib_by_quarter_of_the_run": quarters,
     }))
-}
-
-/// The current resident set size (Linux `VmRSS`).
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
 }

@@ -70,7 +70,7 @@ pub struct RunSettings {
     pub intra_threads: usize,
     /// Let ONNX Runtime's idle intra-op threads busy-wait between parallel sections (its default). On the
     /// 640×480 benchmark this made the whole pipeline 25% faster than sleeping threads although the spinning
-    /// takes CPU from decoding; turn it off when other processes need the cores.
+    /// takes CPU from decoding (BENCHMARKS.md); turn it off when other processes need the cores.
     pub spin_wait: bool,
     /// Threads decoding and resizing images.
     pub decode_threads: usize,
@@ -284,7 +284,6 @@ impl LabelConfig {
         Ok(Self { file: file.to_owned(), teachers, output, thresholds: raw.thresholds, run, datasets })
     }
 
-    /// Decoder limits from the run settings.
     /// How each teacher session runs.
     pub fn session_settings(&self) -> crate::runtime::SessionSettings {
         crate::runtime::SessionSettings {
@@ -294,6 +293,7 @@ impl LabelConfig {
         }
     }
 
+    /// Decoder limits from the run settings.
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits {
             max_encoded_bytes: self.run.max_image_bytes,

@@ -121,11 +121,21 @@ pub struct ShardOptions {
     pub replay_outputs: bool,
 }
 
-/// Peak resident set size of this process, from `/proc/self/status` (`None` where that does not exist).
+/// Peak resident set size of this process (Linux `VmHWM`; `None` where `/proc` does not exist).
 pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Current resident set size of this process (Linux `VmRSS`).
+pub fn resident_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`, in bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 
@@ -487,9 +497,6 @@ fn with_provenance(
     builder.build()
 }
 
-/// Room past `file_bytes` for the row group that crosses it (a file is cut after the write that passes it).
-const FILE_HEADROOM: usize = 32 << 20;
-
 /// Rolls records into Parquet files of bounded size and hands them to the committer.
 struct FileRoller {
     schema: arrow_schema::SchemaRef,
@@ -510,13 +517,6 @@ impl FileRoller {
         Self { schema, props, writer: None, rows_in_file: 0, file_rows, file_bytes }
     }
 
-    /// The in-memory file, with room for a whole file reserved up front: a growing `Vec` would double past
-    /// `file_bytes` and hold up to twice a file. Pages the file never reaches are never touched, so the
-    /// reservation costs address space, not memory.
-    fn buffer(&self) -> Vec<u8> {
-        Vec::with_capacity(self.file_bytes.saturating_add(FILE_HEADROOM))
-    }
-
     /// Write `batch`, cutting files at `file_rows` rows (or `file_bytes`); returns the files completed.
     fn write(&mut self, batch: &arrow_array::RecordBatch) -> Result<Vec<(Vec<u8>, u64)>, PipelineError> {
         let enc = |e: parquet::errors::ParquetError| PipelineError::Encode(e.to_string());
@@ -525,13 +525,12 @@ impl FileRoller {
         if batch.num_rows() == 0 && self.writer.is_none() {
             // An empty batch still opens a file, so an empty errors file is written.
             self.writer =
-                Some(ArrowWriter::try_new(self.buffer(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
+                Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
         }
         while offset < batch.num_rows() {
             if self.writer.is_none() {
-                self.writer = Some(
-                    ArrowWriter::try_new(self.buffer(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?,
-                );
+                self.writer =
+                    Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
             }
             let room = (self.file_rows - self.rows_in_file) as usize;
             let take = room.min(batch.num_rows() - offset);

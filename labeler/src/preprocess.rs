@@ -3,7 +3,6 @@
 //! The work is split in two so the pipeline can place it well: [`resize`] (the costly part: u8 pixels, run
 //! on the parallel decode workers, skipped when a teacher takes the image as it is) and [`normalize_into`]
 //! (u8 → f32 with the spec's scale/mean/std, written straight into the batch tensor by the inference worker).
-//! [`prepare`] does both for one image.
 //!
 //! Each resize policy records a `Transform` from input-tensor pixels to normalised coordinates of the
 //! original image, so boxes from a letterboxed or cropped input land on the right place of the original,
@@ -49,14 +48,6 @@ impl Transform {
         let y1 = (self.offset_y + self.scale_y).min(self.height as f32);
         [x0, y0, x1, y1]
     }
-}
-
-/// One preprocessed image: CHW f32 planes plus the transform back.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// `3·height·width` values, channel-major.
-    pub chw: Vec<f32>,
-    pub transform: Transform,
 }
 
 /// One image resized for a teacher input, still u8 HWC.
@@ -114,20 +105,6 @@ pub fn input_size_for(spec: &TeacherSpec, w: u32, h: u32, scale: f32) -> [u32; 2
             }
         }
     }
-}
-
-/// Preprocess `img` for `spec` at multi-scale factor `scale` (1.0 for single-scale teachers).
-pub fn prepare(
-    img: &RgbImage,
-    spec: &TeacherSpec,
-    scale: f32,
-    resizer: &mut Resizer,
-) -> Result<Prepared, PreprocessError> {
-    let r = resize(img, spec, scale, resizer)?;
-    let t = r.transform;
-    let mut chw = vec![0f32; (3 * t.width * t.height) as usize];
-    normalize_into(r.hwc(img), spec, &mut chw);
-    Ok(Prepared { chw, transform: t })
 }
 
 /// Resize `img` to `spec`'s input at multi-scale factor `scale`, with the transform back to the original.
@@ -247,6 +224,25 @@ mod tests {
         let text = format!("name = \"t\"\nmodel = \"m.onnx\"\ntask = \"detection\"\nclasses = [\"a\"]\n{extra}");
         let raw: RawTeacher = toml::from_str(&text).unwrap();
         TeacherSpec::from_raw(raw, Path::new("t.toml"), &Thresholds::default()).unwrap()
+    }
+
+    /// One image's input tensor (CHW f32) and transform: both halves of preprocessing, as the pipeline does them.
+    struct Prepared {
+        chw: Vec<f32>,
+        transform: Transform,
+    }
+
+    fn prepare(
+        img: &RgbImage,
+        spec: &TeacherSpec,
+        scale: f32,
+        resizer: &mut Resizer,
+    ) -> Result<Prepared, PreprocessError> {
+        let r = resize(img, spec, scale, resizer)?;
+        let t = r.transform;
+        let mut chw = vec![0f32; (3 * t.width * t.height) as usize];
+        normalize_into(r.hwc(img), spec, &mut chw);
+        Ok(Prepared { chw, transform: t })
     }
 
     fn solid(w: u32, h: u32) -> RgbImage {

@@ -177,7 +177,8 @@ impl Teacher {
         items: &[(&RgbImage, &TeacherInput)],
     ) -> Result<Vec<Result<RawOutput, ImageFailure>>, TeacherError> {
         let n_scales = self.spec.scales.len();
-        let mut outs: Vec<Result<Vec<ScaleOutput>, ImageFailure>> = Vec::with_capacity(items.len());
+        let mut outs: Vec<Result<Vec<(ScaleOutput, preprocess::Transform)>, ImageFailure>> =
+            Vec::with_capacity(items.len());
         for (_, input) in items {
             match input.scales.iter().find_map(|s| s.as_ref().err()) {
                 Some(f) => outs.push(Err(f.clone())),
@@ -250,12 +251,9 @@ impl Teacher {
         transforms: &[preprocess::Transform],
         h: usize,
         w: usize,
-    ) -> Result<Vec<ScaleOutput>, TeacherError> {
+    ) -> Result<Vec<(ScaleOutput, preprocess::Transform)>, TeacherError> {
         let n = transforms.len();
-        let run_n = match self.spec.batch {
-            Batch::Static(size) => size,
-            Batch::Dynamic(_) => n,
-        };
+        let run_n = run_rows(&self.spec, n);
         let replay_key = (n, h, w);
         let out = match self.replay.as_ref().and_then(|r| r.get(&replay_key)) {
             Some(cached) => cached.iter().take(n).cloned().collect(),
@@ -267,7 +265,7 @@ impl Teacher {
                 out
             }
         };
-        Ok(out.into_iter().zip(transforms).map(|(o, t)| ScaleOutput::WithTransform(Box::new(o), *t)).collect())
+        Ok(out.into_iter().zip(transforms.iter().copied()).collect())
     }
 
     /// Run the model on one batch tensor and split its outputs into `n` per-image outputs.
@@ -377,7 +375,7 @@ impl Teacher {
         let post = |detail: String| ImageFailure { stage: "postprocess", reason: "invalid_output", detail };
         match spec.task {
             Task::Classification => {
-                let (o, _) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?.unwrap();
+                let (o, _) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?;
                 let ScaleOutput::Scores(s) = o else { return Err(post("unexpected output".into())) };
                 if s.len() != nc {
                     return Err(post(format!("{} class scores for {nc} classes", s.len())));
@@ -388,7 +386,7 @@ impl Teacher {
                 Ok(Prediction::Classification(postprocess::class_distribution(&s, spec.output_kind, spec.temperature)))
             }
             Task::Detection => {
-                let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?.unwrap();
+                let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?;
                 let dets = match o {
                     ScaleOutput::Boxes { boxes, labels, scores } => {
                         let (d, _bad) = postprocess::from_boxes_labels_scores(
@@ -425,7 +423,7 @@ impl Teacher {
                 let mut acc: Option<(Vec<f32>, usize, usize)> = None;
                 let n_scales = outs.len() as f32;
                 for so in outs {
-                    let (o, t) = so.unwrap();
+                    let (o, t) = so;
                     let ScaleOutput::Dense { mut data, h: oh, w: ow } = o else {
                         return Err(post("unexpected output".into()));
                     };
@@ -458,7 +456,7 @@ impl Teacher {
                 Ok(Prediction::Segmentation { height: gh, width: gw, mask })
             }
             Task::Depth => {
-                let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?.unwrap();
+                let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?;
                 let ScaleOutput::Dense { data, h: oh, w: ow } = o else {
                     return Err(post("unexpected output".into()));
                 };
@@ -496,13 +494,18 @@ fn base_grid(spec: &TeacherSpec, t: preprocess::Transform, bw: u32, bh: u32) -> 
     }
 }
 
+/// Rows of the tensor that carries `n` images: the model's static batch (padded), or `n`.
+fn run_rows(spec: &TeacherSpec, n: usize) -> usize {
+    match spec.batch {
+        Batch::Static(size) => size,
+        Batch::Dynamic(_) => n,
+    }
+}
+
 /// The input tensor of one batch: its shape and the normalised images (padded to a static batch size).
 fn batch_tensor(spec: &TeacherSpec, items: &[(&RgbImage, &Resized)], h: usize, w: usize) -> (Vec<i64>, Vec<f32>) {
     let plane = 3 * h * w;
-    let run_n = match spec.batch {
-        Batch::Static(n) => n,
-        Batch::Dynamic(_) => items.len(),
-    };
+    let run_n = run_rows(spec, items.len());
     let mut data = vec![0f32; run_n * plane];
     for ((img, r), dst) in items.iter().zip(data.chunks_exact_mut(plane)) {
         preprocess::normalize_into(r.hwc(img), spec, dst);
@@ -546,7 +549,8 @@ impl TeacherInput {
 pub struct RawOutput {
     width: u32,
     height: u32,
-    scales: Vec<ScaleOutput>,
+    /// Per scale: the output and the transform from that scale's input back to the image.
+    scales: Vec<(ScaleOutput, preprocess::Transform)>,
 }
 
 /// Raw per-image output of one scale, before post-processing.
@@ -557,16 +561,6 @@ enum ScaleOutput {
     Yolo { data: Vec<f32>, anchors: usize },
     YoloNms { data: Vec<f32> },
     Dense { data: Vec<f32>, h: usize, w: usize },
-    WithTransform(Box<ScaleOutput>, preprocess::Transform),
-}
-
-impl ScaleOutput {
-    fn unwrap(self) -> (ScaleOutput, preprocess::Transform) {
-        match self {
-            ScaleOutput::WithTransform(o, t) => (*o, t),
-            _ => unreachable!("every scale output carries its transform"),
-        }
-    }
 }
 
 /// Check the spec against the session; returns the input name and the role → output name map.
