@@ -122,7 +122,7 @@ fn inference_only(cfg: &LabelConfig) -> Result<serde_json::Value> {
 
 fn host_only(cfg: &LabelConfig, num_shards: u64) -> Result<serde_json::Value> {
     let out = shards::open(&cfg.output)?;
-    let options = ShardOptions { replay_outputs: true };
+    let options = ShardOptions { replay_outputs: true, ..Default::default() };
     let shard = ShardId { index: 0, count: num_shards };
     // Resident memory sampled every 100 ms: a pipeline whose memory grew with the shard would climb from
     // quarter to quarter of the run instead of levelling off once its queues are full.

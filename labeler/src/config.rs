@@ -93,6 +93,14 @@ pub struct RunSettings {
     pub max_image_bytes: u64,
     pub max_pixels: u64,
     pub max_side: u32,
+    /// Retries of a failed read before the attempt fails (a missing object is never retried: it becomes
+    /// an error row). Network errors, throttling, 5xx, timeouts and permission errors are retried.
+    pub fetch_retries: u32,
+    /// First wait between retries, in milliseconds; it doubles on each retry (up to 64×).
+    pub retry_backoff_ms: u64,
+    /// Fail the attempt, committing nothing, when more than this fraction of a shard's inputs end as
+    /// error rows: that many broken inputs usually means a wrong location or format, not bad images.
+    pub max_error_fraction: f64,
 }
 
 impl Default for RunSettings {
@@ -115,6 +123,9 @@ impl Default for RunSettings {
             max_image_bytes: 64 << 20,
             max_pixels: 100_000_000,
             max_side: 16384,
+            fetch_retries: 5,
+            retry_backoff_ms: 200,
+            max_error_fraction: 0.05,
         }
     }
 }
@@ -279,6 +290,9 @@ impl LabelConfig {
             if v == 0 {
                 return Err(invalid(field, "must be at least 1".into()));
             }
+        }
+        if !(0.0..=1.0).contains(&run.max_error_fraction) {
+            return Err(invalid("run.max_error_fraction", format!("is {}, must be in [0, 1]", run.max_error_fraction)));
         }
         let output = output.map(str::to_owned).unwrap_or_else(|| resolve_location(&raw.output, &base));
         Ok(Self { file: file.to_owned(), teachers, output, thresholds: raw.thresholds, run, datasets })

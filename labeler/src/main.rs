@@ -136,7 +136,8 @@ fn run(cli: Cli) -> Result<()> {
             if plan_if_missing {
                 let out = shards::open(&cfg.output)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                if rt.block_on(shards::inputs::read_index(&out)).is_err() {
+                // Only a plan that is absent is made here; a read error is an error, never a reason to re-plan.
+                if rt.block_on(shards::inputs::read_index_if_present(&out))?.is_none() {
                     let index = pipeline::plan(&cfg)?;
                     tracing::info!(inputs = index.total, "froze the input manifest");
                 }
@@ -198,21 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status { output } => {
             let out = shards::open(&output)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let manifests = rt.block_on(shards::committed_manifests(&out))?;
-            let (mut rows, mut errors) = (0, 0);
-            for (uri, m) in &manifests {
-                println!(
-                    "{uri}: shard {}/{} labelled {} errors {} files {}",
-                    m.shard,
-                    m.num_shards,
-                    m.counts.labelled_rows,
-                    m.counts.error_rows,
-                    m.files.len()
-                );
-                rows += m.counts.labelled_rows;
-                errors += m.counts.error_rows;
-            }
-            println!("{} committed shard(s): {rows} labelled rows, {errors} error rows", manifests.len());
+            print!("{}", status(&rt, &out)?);
         }
         Command::Janitor { output } => {
             let out = shards::open(&output)?;
@@ -228,6 +215,74 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `labeler status`: the plan, which shards are committed and missing, and where every input ended.
+fn status(rt: &tokio::runtime::Runtime, out: &shards::Location) -> Result<String> {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let Some(index) = rt.block_on(shards::inputs::read_index_if_present(out))? else {
+        writeln!(text, "{}: nothing planned yet (run `labeler plan`)", out.display)?;
+        return Ok(text);
+    };
+    let layout = rt.block_on(shards::inputs::read_layout(out))?;
+    let manifests = rt.block_on(shards::committed_manifests(out))?;
+    shards::check_consistent(&out.display, &manifests)?;
+    writeln!(text, "plan: {} inputs (input manifest {})", index.total, &index.sha256[..16])?;
+    let Some(layout) = layout.or_else(|| {
+        manifests.first().map(|(_, m)| shards::inputs::Layout {
+            num_shards: m.num_shards,
+            input_manifest_sha256: m.input_manifest_sha256.clone(),
+        })
+    }) else {
+        writeln!(text, "shards: none run yet")?;
+        return Ok(text);
+    };
+    let n = layout.num_shards;
+    let committed: std::collections::BTreeSet<u64> = manifests.iter().map(|(_, m)| m.shard).collect();
+    let missing: Vec<u64> = (0..n).filter(|k| !committed.contains(k)).collect();
+    writeln!(
+        text,
+        "shards: {n} planned, {} committed, {} missing{}",
+        committed.len(),
+        missing.len(),
+        ranges(&missing)
+    )?;
+    let (mut inputs, mut rows, mut errors) = (0u64, 0u64, 0u64);
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, m) in &manifests {
+        let range = shards::inputs::shard_range(index.total, m.shard, m.num_shards)?;
+        inputs += range.end - range.start;
+        rows += m.counts.labelled_rows;
+        errors += m.counts.error_rows;
+        for (r, c) in &m.counts.errors_by_reason {
+            *reasons.entry(r.clone()).or_default() += c;
+        }
+    }
+    writeln!(text, "committed inputs: {inputs} -> {rows} labelled rows + {errors} error rows")?;
+    for (r, c) in &reasons {
+        writeln!(text, "  {r}: {c}")?;
+    }
+    Ok(text)
+}
+
+/// ` (0-3, 7)`: shard indices as compact ranges, or nothing when there are none.
+fn ranges(ks: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ks.len() {
+        let mut j = i;
+        while j + 1 < ks.len() && ks[j + 1] == ks[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { ks[i].to_string() } else { format!("{}-{}", ks[i], ks[j]) });
+        i = j + 1;
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
 }
 
 fn main() -> ExitCode {

@@ -42,7 +42,9 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
     let again = run(&["run", "--config", cfg, "--shard", "1", "--num-shards", "2"]);
     assert!(again.contains("already committed"), "{again}");
     let status = run(&["status", "--output", "s3://shards/run1"]);
-    assert!(status.contains("2 committed shard(s): 24 labelled rows, 0 error rows"), "{status}");
+    assert!(status.contains("plan: 24 inputs"), "{status}");
+    assert!(status.contains("shards: 2 planned, 2 committed, 0 missing"), "{status}");
+    assert!(status.contains("committed inputs: 24 -> 24 labelled rows + 0 error rows"), "{status}");
 
     // Read the committed shards back through the S3 API.
     let shards_store = bucket_store(port, "shards");
@@ -71,4 +73,73 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
         matches!(second, Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })),
         "{second:?}"
     );
+}
+
+/// Upload the pool of a small world to `images/photos/` and write a config labelling it into `output`
+/// through the endpoint on `port` (the proxy).
+fn bucket_pool(moto_port: u16, dir: &std::path::Path, output: &str, run_extra: &str) -> std::path::PathBuf {
+    create_bucket(moto_port, "images");
+    create_bucket(moto_port, "shards");
+    let world = small_world(11, SplitCounts { cls: 8, det: 8, seg: 8, depth: 8, pool: 24, eval: 0 });
+    let images = bucket_store(moto_port, "images");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for entry in std::fs::read_dir(world.join("pool/images")).unwrap() {
+        let path = entry.unwrap().path();
+        let key = format!("photos/{}", path.file_name().unwrap().to_str().unwrap());
+        rt.block_on(images.put(&ObjPath::from(key), PutPayload::from(std::fs::read(&path).unwrap()))).unwrap();
+    }
+    write_config(dir, output, &[("pool", "s3://images/photos".into(), None)], run_extra)
+}
+
+fn committed_manifest_count(moto_port: u16) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let loc = shards::Location::from_store(bucket_store(moto_port, "shards"), "run", "s3://shards/run");
+    rt.block_on(shards::committed_manifests(&loc)).unwrap().len()
+}
+
+#[test]
+fn throttling_and_resets_are_retried_and_the_shard_commits_whole() {
+    let (_moto, moto_port) = start_moto();
+    let proxy = common::proxy::FaultProxy::start(moto_port);
+    let dir = tempfile::tempdir().unwrap();
+    let config = bucket_pool(moto_port, dir.path(), "s3://shards/run", "retry_backoff_ms = 20");
+    let cfg = config.to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_labeler");
+    let run =
+        |args: &[&str]| Command::new(bin).args(args).envs(s3_env(proxy.port)).env("MUST_LOG", "warn").output().unwrap();
+    let planned = run(&["plan", "--config", cfg]);
+    assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
+    // The next 12 requests fail: 503 Slow Down and reset connections, alternately.
+    proxy.state.fail_next.store(12, std::sync::atomic::Ordering::SeqCst);
+    let out = run(&["run", "--config", cfg, "--shard", "0", "--num-shards", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(proxy.state.faults.load(std::sync::atomic::Ordering::SeqCst), 12, "every fault was served");
+    assert!(stdout.contains("24 inputs -> 24 labelled, 0 errors"), "{stdout}");
+    assert_eq!(committed_manifest_count(moto_port), 1);
+}
+
+#[test]
+fn access_denied_on_one_object_fails_the_attempt_and_commits_nothing() {
+    let (_moto, moto_port) = start_moto();
+    let proxy = common::proxy::FaultProxy::start(moto_port);
+    let dir = tempfile::tempdir().unwrap();
+    let config = bucket_pool(moto_port, dir.path(), "s3://shards/run", "retry_backoff_ms = 10\nfetch_retries = 2");
+    let cfg = config.to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_labeler");
+    let run =
+        |args: &[&str]| Command::new(bin).args(args).envs(s3_env(proxy.port)).env("MUST_LOG", "warn").output().unwrap();
+    assert!(run(&["plan", "--config", cfg]).status.success());
+    *proxy.state.forbid.lock().unwrap() = Some("photos/000005.jpg".into());
+    let out = run(&["run", "--config", cfg, "--shard", "0", "--num-shards", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 403 must fail the attempt: {stderr}");
+    assert!(stderr.contains("000005.jpg") && stderr.contains("nothing was committed"), "{stderr}");
+    assert_eq!(proxy.state.faults.load(std::sync::atomic::Ordering::SeqCst), 3, "tried 1 + 2 retries");
+    assert_eq!(committed_manifest_count(moto_port), 0, "nothing may be committed");
+    // Access restored: the re-run commits the whole shard.
+    *proxy.state.forbid.lock().unwrap() = None;
+    let out = run(&["run", "--config", cfg, "--shard", "0", "--num-shards", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(committed_manifest_count(moto_port), 1);
 }

@@ -37,7 +37,9 @@ mod fixtures;
 pub use arrow_io::BatchError;
 pub use error_record::{batch_to_errors, error_schema, errors_to_batch, ErrorRecord, Stage};
 pub use image_batch::{batch_to_records, image_schema, records_to_batch};
-pub use manifest::{ManifestCounts, ManifestError, ManifestFile, ManifestTeacher, ShardManifest};
+pub use manifest::{
+    FingerprintTeacher, ManifestCounts, ManifestError, ManifestFile, ManifestTeacher, RunFingerprint, ShardManifest,
+};
 pub use quant::{
     dequantize_depth, dequantize_probs, quantize_depth, quantize_probs, QuantizedDepth, DEPTH_BITS_METRIC,
     DEPTH_BITS_RELATIVE, PROB_SCALE,

@@ -34,6 +34,71 @@ pub struct ShardManifest {
     pub counts: ManifestCounts,
     /// The teachers whose predictions the shard holds.
     pub teachers: Vec<ManifestTeacher>,
+    /// Inputs of the shard in the plan; `labelled_rows + error_rows` equals it (checked). Absent in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<u64>,
+    /// Everything that decides the shard's labels. A re-run of a committed shard compares its own
+    /// fingerprint with this one, so a changed model, spec, threshold or plan is an error, not a silent no-op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<RunFingerprint>,
+}
+
+/// What decides a shard's labels: the plan, the shard count, the labeler and every teacher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFingerprint {
+    pub labeler_version: String,
+    /// sha256 of the frozen input manifest.
+    pub input_manifest_sha256: String,
+    /// Number of shards N of the plan.
+    pub num_shards: u64,
+    /// sha256 of the effective thresholds (box score, pixel confidence, temperature) as JSON.
+    pub thresholds_sha256: String,
+    pub teachers: Vec<FingerprintTeacher>,
+}
+
+/// One teacher in a [`RunFingerprint`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FingerprintTeacher {
+    pub name: String,
+    pub task: Task,
+    /// sha256 of the model file.
+    pub model_sha256: String,
+    /// sha256 of the effective spec (presets applied, overrides included) as JSON.
+    pub spec_sha256: String,
+}
+
+impl RunFingerprint {
+    /// What differs between `self` (committed) and `now`, one readable line each; empty when equal.
+    pub fn differences(&self, now: &RunFingerprint) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, was: &dyn std::fmt::Display, is: &dyn std::fmt::Display| {
+            let (was, is) = (was.to_string(), is.to_string());
+            if was != is {
+                out.push(format!("{name}: committed {was}, now {is}"));
+            }
+        };
+        field("labeler version", &self.labeler_version, &now.labeler_version);
+        field("input manifest sha256", &self.input_manifest_sha256, &now.input_manifest_sha256);
+        field("number of shards", &self.num_shards, &now.num_shards);
+        field("thresholds sha256", &self.thresholds_sha256, &now.thresholds_sha256);
+        let names = |f: &RunFingerprint| f.teachers.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
+        field("teachers", &names(self), &names(now));
+        for old in &self.teachers {
+            let Some(new) = now.teachers.iter().find(|t| t.name == old.name) else { continue };
+            let short = |s: &str| s.get(..12).unwrap_or(s).to_owned();
+            field(&format!("teacher {:?} task", old.name), &format!("{:?}", old.task), &format!("{:?}", new.task));
+            field(
+                &format!("teacher {:?} model sha256", old.name),
+                &short(&old.model_sha256),
+                &short(&new.model_sha256),
+            );
+            field(&format!("teacher {:?} spec sha256", old.name), &short(&old.spec_sha256), &short(&new.spec_sha256));
+        }
+        out
+    }
 }
 
 /// One data file of a shard.
@@ -108,6 +173,8 @@ impl Default for ShardManifest {
             files: Vec::new(),
             counts: ManifestCounts::default(),
             teachers: Vec::new(),
+            inputs: None,
+            fingerprint: None,
         }
     }
 }
@@ -189,6 +256,19 @@ impl ShardManifest {
                 ),
             ));
         }
+        if let Some(inputs) = self.inputs {
+            if labelled.checked_add(errors) != Some(inputs) {
+                return Err(invalid(
+                    "inputs",
+                    format!("is {inputs}, but the files hold {labelled} labelled + {errors} error rows"),
+                ));
+            }
+        }
+        if let Some(f) = &self.fingerprint {
+            if f.num_shards != self.num_shards || f.input_manifest_sha256 != self.input_manifest_sha256 {
+                return Err(invalid("fingerprint", "disagrees with num_shards or input_manifest_sha256"));
+            }
+        }
         for (i, teacher) in self.teachers.iter().enumerate() {
             if teacher.name.is_empty() {
                 return Err(invalid(format!("teachers[{i}].name"), "is empty"));
@@ -255,7 +335,49 @@ mod tests {
                 errors_by_reason: [("truncated".to_owned(), 2), ("io".to_owned(), 1)].into_iter().collect(),
             },
             teachers: vec![ManifestTeacher { name: "midas".into(), task: Task::Depth, model_sha256: hash('d') }],
+            inputs: Some(103),
+            fingerprint: Some(fingerprint()),
         }
+    }
+
+    fn fingerprint() -> RunFingerprint {
+        RunFingerprint {
+            labeler_version: "0.1.0".into(),
+            input_manifest_sha256: hash('a'),
+            num_shards: 16,
+            thresholds_sha256: hash('e'),
+            teachers: vec![FingerprintTeacher {
+                name: "midas".into(),
+                task: Task::Depth,
+                model_sha256: hash('d'),
+                spec_sha256: hash('f'),
+            }],
+        }
+    }
+
+    #[test]
+    fn inputs_must_equal_labelled_plus_error_rows() {
+        let mut m = sample();
+        m.inputs = Some(104);
+        assert_eq!(problem_field(&m), "inputs");
+        m.inputs = None;
+        assert!(m.to_json_bytes().is_ok(), "manifests from before `inputs` was recorded still read");
+    }
+
+    #[test]
+    fn fingerprint_differences_name_what_changed() {
+        let a = fingerprint();
+        assert!(a.differences(&a).is_empty());
+        let mut b = a.clone();
+        b.num_shards = 8;
+        b.teachers[0].model_sha256 = hash('9');
+        let d = b.differences(&a);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].starts_with("number of shards: committed 8, now 16"), "{d:?}");
+        assert!(d[1].contains("teacher \"midas\" model sha256"), "{d:?}");
+        let mut m = sample();
+        m.fingerprint = Some(b);
+        assert_eq!(problem_field(&m), "fingerprint", "a fingerprint must agree with the manifest's own plan");
     }
 
     fn problem_field(m: &ShardManifest) -> String {

@@ -75,6 +75,11 @@ pub enum CommitError {
     },
     #[error("manifest {uri} is not valid: {reason}")]
     BadManifest { uri: String, reason: String },
+    #[error(
+        "committed shards under {root} disagree: {first} has {first_has}, but {other} has {other_has}; \
+         a root holds one plan labelled by one teacher set: label into a new output root instead"
+    )]
+    Inconsistent { root: String, first: String, first_has: String, other: String, other_has: String },
     #[error("committing {uri} failed and reading it back did not settle whether it was committed")]
     Ambiguous {
         uri: String,
@@ -139,6 +144,41 @@ pub async fn committed_manifests(root: &Location) -> Result<Vec<(String, ShardMa
     }
     out.sort_by_key(|(_, m)| (m.num_shards, m.shard));
     Ok(out)
+}
+
+/// Check that every committed manifest under a root agrees on the plan (input manifest, number of shards)
+/// and on the teachers (name, task, model). Readers refuse a root that mixes two runs: its rows would
+/// overlap or carry labels of different models without anyone noticing.
+pub fn check_consistent(root: &str, manifests: &[(String, ShardManifest)]) -> Result<(), CommitError> {
+    let Some((first_uri, first)) = manifests.first() else { return Ok(()) };
+    let describe = |m: &ShardManifest| -> [(&'static str, String); 3] {
+        let teachers: Vec<String> =
+            m.teachers.iter().map(|t| format!("{} ({:?}, model {})", t.name, t.task, short(&t.model_sha256))).collect();
+        [
+            ("plan", format!("input manifest {}", short(&m.input_manifest_sha256))),
+            ("shards", format!("{} shards", m.num_shards)),
+            ("teachers", format!("teachers [{}]", teachers.join(", "))),
+        ]
+    };
+    let want = describe(first);
+    for (uri, m) in &manifests[1..] {
+        for ((_, a), (_, b)) in want.iter().zip(describe(m).iter()) {
+            if a != b {
+                return Err(CommitError::Inconsistent {
+                    root: root.to_owned(),
+                    first: first_uri.clone(),
+                    first_has: a.clone(),
+                    other: uri.clone(),
+                    other_has: b.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
 /// Encode record batches as one Parquet file in memory.
@@ -265,4 +305,41 @@ pub async fn remove_orphans(root: &Location) -> Result<u64, CommitError> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{ManifestTeacher, Task};
+
+    fn manifest(shard: u64, n: u64, plan: char, model: char) -> (String, ShardManifest) {
+        let m = ShardManifest {
+            shard,
+            num_shards: n,
+            attempt: "a".into(),
+            input_manifest_sha256: plan.to_string().repeat(64),
+            teachers: vec![ManifestTeacher {
+                name: "cls".into(),
+                task: Task::Cls,
+                model_sha256: model.to_string().repeat(64),
+            }],
+            ..Default::default()
+        };
+        (ShardId { index: shard, count: n }.manifest_path(), m)
+    }
+
+    #[test]
+    fn a_root_mixing_plans_shard_counts_or_teachers_is_refused() {
+        let same = [manifest(0, 4, 'a', 'b'), manifest(1, 4, 'a', 'b'), manifest(3, 4, 'a', 'b')];
+        check_consistent("root", &same).unwrap();
+        for (other, what) in [
+            (manifest(3, 8, 'a', 'b'), "8 shards"),
+            (manifest(3, 4, 'c', 'b'), "input manifest cccc"),
+            (manifest(3, 4, 'a', 'd'), "model dddd"),
+        ] {
+            let err = check_consistent("root", &[manifest(0, 4, 'a', 'b'), other]).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+            assert!(err.contains("manifests/shard-00000-of-00004.json") && err.contains("new output root"), "{err}");
+        }
+    }
 }

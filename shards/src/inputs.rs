@@ -13,7 +13,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -83,6 +83,18 @@ pub enum InputError {
         "{uri}: sha256 is {actual}, the index says {expected}: the input manifest was changed after it was frozen"
     )]
     Checksum { uri: String, expected: String, actual: String },
+    #[error(
+        "{uri} already holds a different plan ({existing_total} inputs, sha256 {existing_sha256}); this one has \
+         {new_total} inputs (sha256 {new_sha256}). A root holds one plan: label into a new output root, or \
+         delete the old root first if its shards are no longer wanted"
+    )]
+    PlanExists { uri: String, existing_total: u64, existing_sha256: String, new_total: u64, new_sha256: String },
+    #[error(
+        "{uri}: this output root is labelled with {planned} shards{}; a run with {requested} shards would \
+         label some images twice. Use --num-shards {planned}, or label into a new output root",
+        if *plan_changed { " of another plan" } else { "" }
+    )]
+    LayoutMismatch { uri: String, planned: u64, requested: u64, plan_changed: bool },
     #[error("shard index {k} is not below the number of shards {n}")]
     BadShard { k: u64, n: u64 },
     #[error("the number of shards must be at least 1")]
@@ -137,12 +149,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Write `entries` (sorted and de-duplicated here) as a frozen manifest under `root/inputs/`.
 ///
-/// Freezing the same entries twice writes identical bytes, so a re-run of the planner is harmless.
+/// A root holds one plan. Freezing the same entries again is a no-op that returns the existing index;
+/// freezing different entries where a plan exists is an error ([`InputError::PlanExists`]), never an
+/// overwrite: shards already labelled from the old plan would silently stop matching it. Part files are
+/// named by their content and the index is written with put-if-absent, so two planners racing each other
+/// cannot mix their parts: one index wins and the loser gets `PlanExists` (or the same index back).
 pub async fn freeze(root: &Location, mut entries: Vec<InputEntry>, part_size: usize) -> Result<InputIndex, InputError> {
     entries.sort();
     entries.dedup_by(|a, b| a.dataset == b.dataset && a.key == b.key);
     let part_size = part_size.max(1);
     let mut parts = Vec::new();
+    let mut bodies = Vec::new();
     let mut all_hashes = Sha256::new();
     for (i, chunk) in entries.chunks(part_size).enumerate() {
         let mut buf = Vec::with_capacity(chunk.len() * 64);
@@ -150,11 +167,14 @@ pub async fn freeze(root: &Location, mut entries: Vec<InputEntry>, part_size: us
             serde_json::to_writer(&mut buf, entry).expect("serialising an input entry cannot fail");
             buf.push(b'\n');
         }
-        let rel = format!("inputs/part-{i:05}.jsonl");
         let sha = sha256_hex(&buf);
         all_hashes.update(sha.as_bytes());
-        put(root, &rel, Bytes::from(buf)).await?;
-        parts.push(InputPart { path: rel, count: chunk.len() as u64, sha256: sha });
+        parts.push(InputPart {
+            path: format!("inputs/part-{i:05}-{}.jsonl", &sha[..16]),
+            count: chunk.len() as u64,
+            sha256: sha,
+        });
+        bodies.push(Bytes::from(buf));
     }
     let index = InputIndex {
         version: INPUT_MANIFEST_VERSION,
@@ -162,9 +182,111 @@ pub async fn freeze(root: &Location, mut entries: Vec<InputEntry>, part_size: us
         parts,
         sha256: hex::encode(all_hashes.finalize()),
     };
+    if let Some(existing) = read_index_if_present(root).await? {
+        return same_plan(root, existing, &index);
+    }
+    for (part, body) in index.parts.iter().zip(bodies) {
+        put(root, &part.path, body).await?;
+    }
     let json = serde_json::to_vec_pretty(&index).expect("serialising the index cannot fail");
-    put(root, "inputs/index.json", Bytes::from(json)).await?;
-    Ok(index)
+    let path = root.child(INDEX);
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match root.store.put_opts(&path, PutPayload::from(json), opts).await {
+        Ok(_) => Ok(index),
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+            let existing = read_index(root).await?;
+            same_plan(root, existing, &index)
+        }
+        Err(source) => Err(InputError::Write { uri: root.uri_of(&path), source }),
+    }
+}
+
+const INDEX: &str = "inputs/index.json";
+
+fn same_plan(root: &Location, existing: InputIndex, new: &InputIndex) -> Result<InputIndex, InputError> {
+    if existing.sha256 == new.sha256 {
+        Ok(existing)
+    } else {
+        Err(InputError::PlanExists {
+            uri: root.uri_of(&root.child(INDEX)),
+            existing_total: existing.total,
+            existing_sha256: existing.sha256,
+            new_total: new.total,
+            new_sha256: new.sha256.clone(),
+        })
+    }
+}
+
+/// The index of the frozen manifest under `root`, or `None` when nothing is planned there (only a
+/// `NotFound` means that: any other read error is returned, so a flaky store never triggers a re-plan).
+pub async fn read_index_if_present(root: &Location) -> Result<Option<InputIndex>, InputError> {
+    match read_index(root).await {
+        Ok(index) => Ok(Some(index)),
+        Err(InputError::Read { source: object_store::Error::NotFound { .. }, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The shard count an output root is labelled with (`inputs/layout.json`), fixed by the first shard run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    /// Number of shards N every run against this root must use.
+    pub num_shards: u64,
+    /// sha256 of the frozen input manifest the layout cuts.
+    pub input_manifest_sha256: String,
+}
+
+const LAYOUT: &str = "inputs/layout.json";
+
+/// Fix the root's shard count at `num_shards` (put-if-absent), or check it against the one already fixed.
+///
+/// Shard k of N and shard k' of N' overlap whenever N ≠ N', so a root labelled with two shard counts
+/// would hold some images twice: every reader would count them twice. Returns `true` when this call
+/// fixed the layout (the root had none).
+pub async fn claim_layout(root: &Location, index: &InputIndex, num_shards: u64) -> Result<bool, InputError> {
+    let want = Layout { num_shards, input_manifest_sha256: index.sha256.clone() };
+    let path = root.child(LAYOUT);
+    let uri = root.uri_of(&path);
+    let json = serde_json::to_vec_pretty(&want).expect("serialising the layout cannot fail");
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    let created = match root.store.put_opts(&path, PutPayload::from(json), opts).await {
+        Ok(_) => true,
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => false,
+        Err(source) => return Err(InputError::Write { uri, source }),
+    };
+    if !created {
+        let have = read_layout(root).await?.ok_or_else(|| InputError::Parse {
+            uri: uri.clone(),
+            line: 1,
+            reason: "the store said it exists, but it cannot be read back".into(),
+        })?;
+        if have != want {
+            return Err(InputError::LayoutMismatch {
+                uri,
+                planned: have.num_shards,
+                requested: num_shards,
+                plan_changed: have.input_manifest_sha256 != want.input_manifest_sha256,
+            });
+        }
+    }
+    Ok(created)
+}
+
+/// The root's layout, if a shard run has fixed one.
+pub async fn read_layout(root: &Location) -> Result<Option<Layout>, InputError> {
+    let path = root.child(LAYOUT);
+    let uri = root.uri_of(&path);
+    let bytes = match get(root.store.as_ref(), &uri, &path).await {
+        Ok(b) => b,
+        Err(InputError::Read { source: object_store::Error::NotFound { .. }, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| InputError::Parse {
+        uri,
+        line: e.line(),
+        reason: e.to_string(),
+    })
 }
 
 async fn put(root: &Location, rel: &str, bytes: Bytes) -> Result<(), InputError> {
@@ -317,10 +439,44 @@ mod tests {
         let rt = rt();
         let root = Location::from_store(Arc::new(InMemory::new()), "r", "memory:///r");
         let index = rt.block_on(freeze(&root, entries(&["a", "b", "c"]), 2)).unwrap();
-        rt.block_on(put(&root, "inputs/part-00000.jsonl", Bytes::from_static(b"{}\n"))).unwrap();
+        let part = index.parts[0].path.clone();
+        rt.block_on(put(&root, &part, Bytes::from_static(b"{}\n"))).unwrap();
         let err = rt.block_on(read_shard(&root, &index, 0, 1)).unwrap_err();
         assert!(matches!(err, InputError::Checksum { .. }), "{err}");
-        assert!(err.to_string().contains("part-00000.jsonl"));
+        assert!(err.to_string().contains(&part));
+    }
+
+    #[test]
+    fn a_root_keeps_its_first_plan() {
+        let rt = rt();
+        let root = Location::from_store(Arc::new(InMemory::new()), "r", "memory:///r");
+        let first = rt.block_on(freeze(&root, entries(&["a", "b", "c"]), 2)).unwrap();
+        // The same inputs again (in another order): the same index, nothing rewritten.
+        let again = rt.block_on(freeze(&root, entries(&["c", "a", "b"]), 2)).unwrap();
+        assert_eq!(again, first);
+        // Other inputs: refused, and the first plan still reads back whole.
+        let err = rt.block_on(freeze(&root, entries(&["a", "b", "c", "d"]), 2)).unwrap_err();
+        assert!(matches!(err, InputError::PlanExists { existing_total: 3, new_total: 4, .. }), "{err}");
+        assert!(err.to_string().contains("memory:///r/inputs/index.json"), "{err}");
+        assert_eq!(rt.block_on(read_index(&root)).unwrap(), first);
+        let keys: Vec<String> =
+            rt.block_on(read_shard(&root, &first, 0, 1)).unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        let empty = Location::from_store(Arc::new(InMemory::new()), "e", "memory:///e");
+        assert_eq!(rt.block_on(read_index_if_present(&empty)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_root_has_one_shard_count() {
+        let rt = rt();
+        let root = Location::from_store(Arc::new(InMemory::new()), "r", "memory:///r");
+        let index = rt.block_on(freeze(&root, entries(&["a", "b", "c"]), 2)).unwrap();
+        assert!(rt.block_on(claim_layout(&root, &index, 4)).unwrap(), "the first run fixes the layout");
+        assert!(!rt.block_on(claim_layout(&root, &index, 4)).unwrap(), "the same count again is fine");
+        let err = rt.block_on(claim_layout(&root, &index, 8)).unwrap_err();
+        assert!(matches!(err, InputError::LayoutMismatch { planned: 4, requested: 8, .. }), "{err}");
+        assert!(err.to_string().contains("--num-shards 4"), "{err}");
+        assert_eq!(rt.block_on(read_layout(&root)).unwrap().unwrap().num_shards, 4);
     }
 
     #[test]

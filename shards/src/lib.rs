@@ -12,8 +12,8 @@ mod read;
 pub mod store;
 
 pub use commit::{
-    committed_manifests, encode_parquet, read_manifest, remove_orphans, CommitError, CommitOutcome, ShardCommitter,
-    ShardId,
+    check_consistent, committed_manifests, encode_parquet, read_manifest, remove_orphans, CommitError, CommitOutcome,
+    ShardCommitter, ShardId,
 };
 pub use read::{open_file, read_all, ObjectReader, OpenedFile, ReadError};
 

@@ -207,3 +207,17 @@ fn config_mistakes_are_reported_before_reading() {
         .to_string();
     assert!(msg.contains("no committed records"), "{msg}");
 }
+
+#[test]
+fn a_root_labelled_with_two_shard_counts_is_refused_naming_the_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (path, root) = local_root(dir.path(), "mixed");
+    // Shard 0 of 2 and shard 1 of 4 overlap: together they hold some images twice.
+    rt.block_on(commit_batches(&root, 0, 2, &[good_batch(3)], 8));
+    rt.block_on(commit_batches(&root, 1, 4, &[good_batch(3)], 8));
+    let err = Loader::new(config(vec![spec("m", &path, all_tasks())], 32, 2), SamplerState::default()).err().unwrap();
+    let msg = message(&err);
+    assert!(msg.contains("shard-00000-of-00002.json") && msg.contains("shard-00001-of-00004.json"), "{msg}");
+    assert!(msg.contains("2 shards") && msg.contains("4 shards") && msg.contains("disagree"), "{msg}");
+}

@@ -9,6 +9,7 @@ use fast_image_resize::Resizer;
 use schemas::{ErrorRecord, ImageRecord, Stage};
 use shards::inputs::InputEntry;
 
+use super::fault::{self, Fault, FaultStage};
 use super::fetch::Fetched;
 use super::records::{error_record, schema_task};
 use super::supervised::{supervised_labels, DatasetCtx};
@@ -45,6 +46,7 @@ pub(super) struct DecodeSettings {
     /// Decode JPEGs at reduced scale down to this side (`None`: always full size).
     pub(super) scaled_min_side: Option<u32>,
     pub(super) store_images: bool,
+    pub(super) fault: Option<Fault>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -61,18 +63,23 @@ pub(super) fn decode_stage(
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("decode thread pool");
     let mut done = 0u64;
     for chunk in rx {
+        fault::hook(settings.fault, FaultStage::Decode, chunk.first, chunk.items.len());
         let t = Instant::now();
+        let first = chunk.first;
         let items: Vec<Decoded> = pool.install(|| {
             use rayon::prelude::*;
             chunk
                 .items
                 .into_par_iter()
-                .map_init(Resizer::new, |resizer, f| decode_one(f, settings, specs, resizer, datasets, class_counts))
+                .enumerate()
+                .map_init(Resizer::new, |resizer, (i, f)| {
+                    decode_one(f, first + i as u64, settings, specs, resizer, datasets, class_counts)
+                })
                 .collect()
         });
         clocks["decode"].add(t.elapsed());
         done += items.len() as u64;
-        if tx.send(Chunk { seq: chunk.seq, items }).is_err() {
+        if tx.send(Chunk { seq: chunk.seq, first: chunk.first, items }).is_err() {
             break;
         }
     }
@@ -82,6 +89,7 @@ pub(super) fn decode_stage(
 /// Decode one input, attach its supervised labels, and resize it for every teacher whose task it still lacks.
 pub(super) fn decode_one(
     f: Fetched,
+    image: u64,
     settings: &DecodeSettings,
     specs: &[TeacherSpec],
     resizer: &mut Resizer,
@@ -110,6 +118,7 @@ pub(super) fn decode_one(
         if settings.store_images {
             rec.image = Some(bytes.to_vec());
         }
+        fault::hook(settings.fault, FaultStage::Prepare, image, 1);
         let inputs = specs
             .iter()
             .map(|spec| {

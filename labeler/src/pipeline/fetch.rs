@@ -1,20 +1,25 @@
 //! Fetch stage: bytes of each input (and its supervised-label files) from the object store, with bounded
-//! concurrency on the async runtime, a chunk at a time.
+//! concurrency on the async runtime, a chunk at a time. A missing object is the input's own fault and
+//! becomes an error row; every other store failure is retried with backoff and, if it persists, fails the
+//! attempt, so a flaky network never turns good images into error rows of a committed shard.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::SyncSender;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use schemas::{ErrorRecord, Stage};
 use shards::inputs::InputEntry;
 use shards::Location;
 
+use tracing::warn;
+
+use super::fault::{self, Fault, FaultStage};
 use super::records::error_record;
 use super::supervised::{DatasetCtx, SupervisedCtx};
-use super::{Chunk, StageClock};
+use super::{Chunk, PipelineError, StageClock};
 
 /// One fetched input.
 pub(super) struct Fetched {
@@ -24,23 +29,76 @@ pub(super) struct Fetched {
     pub(super) truth: Option<Result<[Bytes; 3], ErrorRecord>>,
 }
 
-pub(super) fn io_reason(e: &object_store::Error) -> &'static str {
-    match e {
-        object_store::Error::NotFound { .. } => "not_found",
-        _ => "io",
-    }
+/// Why an object could not be read.
+pub(super) enum ReadError {
+    /// The input's own fault (gone since the plan, too large): it becomes an error row.
+    Input { reason: &'static str, detail: String },
+    /// The store's fault (network, throttling, 5xx, timeouts, permissions) that outlived the retries: the
+    /// attempt fails without committing, since the input itself may be fine.
+    Store(PipelineError),
 }
 
-pub(super) async fn get_bytes(loc: &Location, rel: &str, max: u64) -> Result<Bytes, (&'static str, String)> {
+/// Retries of failed reads: `attempts` tries in all, sleeping `backoff`, then twice that, … up to `max_backoff`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retry {
+    pub(super) attempts: u32,
+    pub(super) backoff: Duration,
+    pub(super) max_backoff: Duration,
+}
+
+/// Whether a failed read is the object's own fault. Only a missing object is: everything else the store
+/// reports is about the store, the network or the credentials, and says nothing about the image.
+fn is_input_fault(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+/// Read `rel` under `loc`, at most `max` bytes, retrying the store's failures with backoff.
+pub(super) async fn get_bytes(loc: &Location, rel: &str, max: u64, retry: &Retry) -> Result<Bytes, ReadError> {
     let path = loc.child(rel);
-    let got = loc.store.get(&path).await.map_err(|e| (io_reason(&e), e.to_string()))?;
-    if got.meta.size > max {
-        return Err(("too_large", format!("{} bytes is over the limit of {max}", got.meta.size)));
+    let mut wait = retry.backoff;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = async {
+            let got = loc.store.get(&path).await?;
+            if got.meta.size > max {
+                return Ok(Err(got.meta.size));
+            }
+            got.bytes().await.map(Ok)
+        }
+        .await;
+        let error = match result {
+            Ok(Ok(bytes)) => return Ok(bytes),
+            Ok(Err(size)) => {
+                return Err(ReadError::Input {
+                    reason: "too_large",
+                    detail: format!("{size} bytes is over the limit of {max}"),
+                })
+            }
+            Err(e) if is_input_fault(&e) => {
+                return Err(ReadError::Input { reason: "not_found", detail: e.to_string() });
+            }
+            Err(e) => e,
+        };
+        if tries >= retry.attempts.max(1) {
+            return Err(ReadError::Store(PipelineError::Store {
+                uri: loc.uri_of(&path),
+                tries,
+                detail: error.to_string(),
+            }));
+        }
+        warn!(uri = %loc.uri_of(&path), tries, error = %error, "read failed; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(retry.max_backoff);
     }
-    got.bytes().await.map_err(|e| (io_reason(&e), e.to_string()))
 }
 
-pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64) -> Fetched {
+pub(super) async fn fetch_one(
+    entry: InputEntry,
+    ds: &DatasetCtx,
+    max_bytes: u64,
+    retry: &Retry,
+) -> Result<Fetched, PipelineError> {
     let path = ds.images.child(&entry.key);
     let uri = ds.images.uri_of(&path);
     let bytes = if entry.size > max_bytes {
@@ -52,9 +110,11 @@ pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64
             format!("{} bytes is over the limit of {max_bytes}", entry.size),
         ))
     } else {
-        get_bytes(&ds.images, &entry.key, max_bytes)
-            .await
-            .map_err(|(reason, detail)| error_record(&entry, &uri, Stage::Fetch, reason, detail))
+        match get_bytes(&ds.images, &entry.key, max_bytes, retry).await {
+            Ok(b) => Ok(b),
+            Err(ReadError::Input { reason, detail }) => Err(error_record(&entry, &uri, Stage::Fetch, reason, detail)),
+            Err(ReadError::Store(e)) => return Err(e),
+        }
     };
     let truth = match &ds.supervised {
         Some(SupervisedCtx::World { truth, .. }) if bytes.is_ok() => {
@@ -63,9 +123,9 @@ pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64
             let mut failure = None;
             for suffix in [".json", ".seg.png", ".depth.png"] {
                 let rel = format!("{stem}{suffix}");
-                match get_bytes(truth, &rel, 64 << 20).await {
+                match get_bytes(truth, &rel, 64 << 20, retry).await {
                     Ok(b) => parts.push(b),
-                    Err((reason, detail)) => {
+                    Err(ReadError::Input { reason, detail }) => {
                         let file = truth.uri_of(&truth.child(&rel));
                         failure = Some(error_record(
                             &entry,
@@ -76,6 +136,7 @@ pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64
                         ));
                         break;
                     }
+                    Err(ReadError::Store(e)) => return Err(e),
                 }
             }
             Some(match failure {
@@ -88,9 +149,11 @@ pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64
         }
         _ => None,
     };
-    Fetched { entry, uri, bytes, truth }
+    Ok(Fetched { entry, uri, bytes, truth })
 }
 
+/// Fetch every entry, a chunk at a time. Stops with an error when the store keeps failing (nothing of
+/// the shard is committed then); returns the number of inputs handed on.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fetch_stage(
     rt: &tokio::runtime::Runtime,
@@ -99,11 +162,15 @@ pub(super) fn fetch_stage(
     chunk: usize,
     concurrency: usize,
     max_bytes: u64,
+    retry: &Retry,
+    fault: Option<Fault>,
     clocks: &BTreeMap<&'static str, StageClock>,
     tx: SyncSender<Chunk<Fetched>>,
-) -> u64 {
+) -> Result<u64, PipelineError> {
     let mut sent = 0u64;
     for (seq, part) in entries.chunks(chunk).enumerate() {
+        let first = (seq * chunk) as u64;
+        fault::hook(fault, FaultStage::Fetch, first, part.len());
         let t = Instant::now();
         let items: Vec<Fetched> = rt.block_on(async {
             futures::stream::iter(part.iter().cloned())
@@ -111,7 +178,7 @@ pub(super) fn fetch_stage(
                     let ds = datasets.get(&entry.dataset).cloned();
                     async move {
                         match ds {
-                            Some(ds) => fetch_one(entry, &ds, max_bytes).await,
+                            Some(ds) => fetch_one(entry, &ds, max_bytes, retry).await,
                             None => {
                                 let uri = format!("{}/{}", entry.dataset, entry.key);
                                 let err = error_record(
@@ -121,20 +188,20 @@ pub(super) fn fetch_stage(
                                     "unknown_dataset",
                                     format!("dataset {:?} is not in the config", entry.dataset),
                                 );
-                                Fetched { entry, uri, bytes: Err(err), truth: None }
+                                Ok(Fetched { entry, uri, bytes: Err(err), truth: None })
                             }
                         }
                     }
                 })
                 .buffered(concurrency)
-                .collect()
+                .try_collect()
                 .await
-        });
+        })?;
         clocks["fetch"].add(t.elapsed());
         sent += items.len() as u64;
-        if tx.send(Chunk { seq: seq as u64, items }).is_err() {
+        if tx.send(Chunk { seq: seq as u64, first, items }).is_err() {
             break;
         }
     }
-    sent
+    Ok(sent)
 }

@@ -19,8 +19,10 @@
 #![allow(clippy::result_large_err)]
 
 mod decode;
+mod fault;
 mod fetch;
 mod files;
+mod fingerprint;
 mod infer;
 mod plan;
 mod postprocess;
@@ -30,6 +32,7 @@ mod supervised;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
@@ -46,15 +49,16 @@ use crate::spec::{Task, TeacherSpec};
 use crate::teacher::{Teacher, TeacherError};
 
 pub use decode::scaled_decode_min_side;
+pub use fault::{Fault, FaultStage};
 pub use plan::plan;
 pub use procfs::{peak_rss_bytes, process_cpu_seconds, resident_bytes};
 
 use decode::{decode_stage, DecodeSettings, Decoded};
-use fetch::{fetch_stage, Fetched};
+use fetch::{fetch_stage, Fetched, Retry};
 use infer::{inference_stage, Inferred};
 use postprocess::postprocess_stage;
 use supervised::{load_class_table, world_depth_scale, DatasetCtx, SupervisedCtx};
-use write::write_stage;
+use write::{write_stage, Written};
 
 /// The version written into provenance.
 pub const LABELER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -88,8 +92,35 @@ pub enum PipelineError {
     Supervised { file: String, reason: String },
     #[error("encoding records: {0}")]
     Encode(String),
-    #[error("the {0} stage stopped unexpectedly")]
-    StageDied(&'static str),
+    #[error("the {stage} stage failed: {message}; nothing was committed, re-run the shard")]
+    StageFailed { stage: &'static str, message: String },
+    #[error(
+        "shard {shard}: {rows} rows for {inputs} inputs (labelled + error rows must equal the inputs); \
+         nothing was committed"
+    )]
+    Unaccounted { shard: ShardId, inputs: u64, rows: u64 },
+    #[error("reading {uri} failed {tries} time(s), last: {detail}; nothing was committed, re-run the shard once the store is reachable")]
+    Store { uri: String, tries: u32, detail: String },
+    #[error("teacher {teacher:?} failed on every one of {images} images, even one at a time: {detail}; nothing was committed")]
+    Inference { teacher: String, images: usize, detail: String },
+    #[error(
+        "shard {shard}: {errors} of {inputs} inputs are error rows ({reasons}), over `run.max_error_fraction` = \
+         {max}; nothing was committed. Look at the reasons, or raise the limit if this data is expected to be this broken"
+    )]
+    TooManyErrors { shard: ShardId, errors: u64, inputs: u64, max: f64, reasons: String },
+    #[error(
+        "shard {shard} under {output} was committed by attempt {attempt} with a different configuration:\n  - {}\n\
+         Re-running it would keep the old labels. To label with this configuration, write to a new output root \
+         (`--output …`)",
+        differences.join("\n  - ")
+    )]
+    Drift { shard: ShardId, output: String, attempt: String, differences: Vec<String> },
+    #[error(
+        "{output} already holds shards committed with {}: this run uses {requested}. Use --num-shards with that \
+         count, or label into a new output root",
+        counts.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" and ")
+    )]
+    ShardCountMismatch { output: String, counts: Vec<u64>, requested: u64 },
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -122,21 +153,35 @@ pub struct ShardStats {
     pub cpu_seconds: Option<f64>,
 }
 
-/// Knobs for measuring the pipeline, not for labelling.
+/// Knobs for measuring and testing the pipeline, not for labelling.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShardOptions {
     /// Run each teacher once per input shape and reuse those outputs ([`Teacher::replay_outputs`]): the
     /// run does all host-side work (fetch, decode, resize, post-process, write) with almost no inference.
     /// Its labels are wrong, so it is for benchmarks writing to a scratch output only.
     pub replay_outputs: bool,
+    /// Make one stage panic at one image (tests of the commit rule; `fault-injection` feature only).
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<Fault>,
+}
+
+impl ShardOptions {
+    fn fault(&self) -> Option<Fault> {
+        #[cfg(feature = "fault-injection")]
+        return self.fault;
+        #[cfg(not(feature = "fault-injection"))]
+        None
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(PipelineError::Runtime)
 }
 
+/// The unit that moves between stages: `items` are the shard's inputs `first..first + items.len()`.
 struct Chunk<T> {
     seq: u64,
+    first: u64,
     items: Vec<T>,
 }
 
@@ -173,6 +218,11 @@ pub fn run_shard_at(
 }
 
 /// Like [`run_shard_at`], with measurement options.
+///
+/// The shard commits only when every stage ended cleanly, every input is accounted for (label rows +
+/// error rows = inputs of the shard, recorded in the manifest) and the error rows stay under
+/// `run.max_error_fraction`. Anything else fails the attempt and leaves no manifest, so the batch engine's
+/// retry labels the shard again.
 pub fn run_shard_with(
     cfg: &LabelConfig,
     out: &Location,
@@ -184,11 +234,36 @@ pub fn run_shard_with(
     let started = Instant::now();
     let rt = runtime()?;
     let out = out.clone();
+    let index = match rt.block_on(inputs::read_index_if_present(&out))? {
+        Some(i) => i,
+        None => return Err(PipelineError::NotPlanned { output: cfg.output.clone() }),
+    };
+    // Before any work: this run's shard count and configuration must match what the root already holds.
+    check_shard_count(&rt, &out, &cfg.output, &index, shard)?;
+    let mut teacher_info = Vec::with_capacity(cfg.teachers.len());
+    for entry in &cfg.teachers {
+        let sha = crate::teacher::file_sha256(&entry.spec.model).map_err(|source| TeacherError::Model {
+            teacher: entry.spec.name.clone(),
+            path: entry.spec.model.clone(),
+            source,
+        })?;
+        teacher_info.push((entry.spec.clone(), sha));
+    }
+    let fingerprint = fingerprint::fingerprint(cfg, &teacher_info, &index, shard.count);
     if let Some(manifest) = rt.block_on(shards::read_manifest(&out, shard))? {
-        info!(shard = %shard, attempt = %manifest.attempt, "shard already committed; nothing to do");
+        let differences = fingerprint::drift(&manifest, &fingerprint);
+        if !differences.is_empty() {
+            return Err(PipelineError::Drift {
+                shard,
+                output: out.display.clone(),
+                attempt: manifest.attempt,
+                differences,
+            });
+        }
+        info!(shard = %shard, attempt = %manifest.attempt, "shard already committed with this configuration; nothing to do");
         return Ok(ShardOutcome::AlreadyCommitted { manifest });
     }
-    // Teachers first: a spec that does not fit its model fails here, before any image is read.
+    // Teachers next: a spec that does not fit its model fails here, before any image is read.
     let workers = cfg.run.inference_workers;
     let mut worker_teachers: Vec<Vec<Teacher>> = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -203,17 +278,8 @@ pub fn run_shard_with(
         worker_teachers.push(ts);
     }
     let cpu_at_start = process_cpu_seconds();
-    let teacher_info: Vec<(TeacherSpec, String)> =
-        worker_teachers[0].iter().map(|t| (t.spec().clone(), t.model_sha256().to_owned())).collect();
     let class_counts: HashMap<Task, usize> = teacher_info.iter().map(|(s, _)| (s.task, s.classes.len())).collect();
 
-    let index = match rt.block_on(inputs::read_index(&out)) {
-        Ok(i) => i,
-        Err(shards::inputs::InputError::Read { source: object_store::Error::NotFound { .. }, .. }) => {
-            return Err(PipelineError::NotPlanned { output: cfg.output.clone() })
-        }
-        Err(e) => return Err(e.into()),
-    };
     let entries = rt.block_on(inputs::read_shard(&out, &index, shard.index, shard.count))?;
     info!(shard = %shard, attempt, inputs = entries.len(), "labelling shard");
     progress.start(entries.len() as u64);
@@ -247,6 +313,12 @@ pub fn run_shard_with(
     // `None` (a teacher needs the full image) turns reduced-scale decoding off.
     let scaled_decode = if cfg.run.scaled_decode { scaled_decode_min_side(cfg) } else { None };
     let store_images = cfg.run.store_images;
+    let fault = options.fault();
+    let retry = Retry {
+        attempts: cfg.run.fetch_retries + 1,
+        backoff: Duration::from_millis(cfg.run.retry_backoff_ms),
+        max_backoff: Duration::from_millis(cfg.run.retry_backoff_ms.saturating_mul(64).max(1)),
+    };
 
     let (fetch_tx, fetch_rx) = sync_channel::<Chunk<Fetched>>(queue);
     let (decode_tx, decode_rx) = sync_channel::<Chunk<Decoded>>(queue);
@@ -254,18 +326,17 @@ pub fn run_shard_with(
     let (label_tx, label_rx) = sync_channel::<Chunk<Result<ImageRecord, ErrorRecord>>>(queue);
     let specs: Vec<TeacherSpec> = teacher_info.iter().map(|(s, _)| s.clone()).collect();
 
-    std::thread::scope(|scope| -> Result<ShardOutcome, PipelineError> {
-        // Fetch.
+    let written = std::thread::scope(|scope| -> Result<Written, PipelineError> {
         let fetch_handle = {
             let datasets = datasets.clone();
             let clocks = clocks.clone();
-            let rt = &rt;
-            let entries = &entries;
+            let (rt, entries, retry) = (&rt, &entries, &retry);
             let max_bytes = cfg.run.max_image_bytes;
             let concurrency = cfg.run.fetch_concurrency;
-            scope.spawn(move || fetch_stage(rt, entries, &datasets, chunk, concurrency, max_bytes, &clocks, fetch_tx))
+            scope.spawn(move || {
+                fetch_stage(rt, entries, &datasets, chunk, concurrency, max_bytes, retry, fault, &clocks, fetch_tx)
+            })
         };
-        // Decode.
         let decode_handle = {
             let clocks = clocks.clone();
             let datasets = datasets.clone();
@@ -273,7 +344,7 @@ pub fn run_shard_with(
             let threads = cfg.run.decode_threads;
             let specs = &specs;
             scope.spawn(move || {
-                let settings = DecodeSettings { limits, scaled_min_side: scaled_decode, store_images };
+                let settings = DecodeSettings { limits, scaled_min_side: scaled_decode, store_images, fault };
                 decode_stage(fetch_rx, decode_tx, threads, &settings, specs, &datasets, &class_counts, &clocks)
             })
         };
@@ -284,41 +355,111 @@ pub fn run_shard_with(
             let rx = decode_rx.clone();
             let tx = infer_tx.clone();
             let clocks = clocks.clone();
-            worker_handles.push(scope.spawn(move || inference_stage(teachers, rx, tx, &clocks)));
+            worker_handles.push(scope.spawn(move || inference_stage(teachers, rx, tx, fault, &clocks)));
         }
+        // Only the workers may hold the queue: if they all die it must close, or decoding would block forever.
+        drop(decode_rx);
         drop(infer_tx);
         // Post-processing, in parallel, off the inference workers.
         let post_handle = {
             let clocks = clocks.clone();
             let specs = &specs;
             let threads = cfg.run.decode_threads;
-            scope.spawn(move || postprocess_stage(infer_rx, label_tx, threads, specs, &clocks))
+            scope.spawn(move || postprocess_stage(infer_rx, label_tx, threads, specs, fault, &clocks))
         };
 
-        // Write (this thread).
-        let result = write_stage(cfg, &rt, &out, shard, attempt, &teacher_info, &index, label_rx, progress, &clocks);
-        // If writing failed the receivers are gone and the stages end on their next send.
-        let fetched = fetch_handle.join().map_err(|_| PipelineError::StageDied("fetch"))?;
-        let decoded = decode_handle.join().map_err(|_| PipelineError::StageDied("decode"))?;
+        // Write on this thread. When a stage dies its queue closes, the stages after it drain and end, and
+        // the writer returns what it got: joining every stage below decides whether that may be committed.
+        let written = catch_unwind(AssertUnwindSafe(|| {
+            write_stage(cfg, &rt, &out, shard, attempt, &teacher_info, &index, label_rx, progress, fault, &clocks)
+        }));
+        // Report the first failure in pipeline order: a dead stage explains the ones after it.
+        let fetched = joined("fetch", fetch_handle.join())?;
+        joined("decode", decode_handle.join().map(Ok))?;
         for h in worker_handles {
-            h.join().map_err(|_| PipelineError::StageDied("inference"))?;
+            joined("inference", h.join())?;
         }
-        post_handle.join().map_err(|_| PipelineError::StageDied("postprocess"))?;
-        let (committed, mut stats) = result?;
-        if fetched != entries.len() as u64 || decoded != fetched {
-            return Err(PipelineError::StageDied("fetch/decode (inputs went missing)"));
+        joined("postprocess", post_handle.join().map(Ok))?;
+        let written = joined("write", written)?;
+        if fetched != entries.len() as u64 {
+            return Err(PipelineError::StageFailed {
+                stage: "fetch",
+                message: format!("handed on {fetched} of {} inputs", entries.len()),
+            });
         }
-        stats.inputs = entries.len() as u64;
-        stats.wall_seconds = started.elapsed().as_secs_f64();
-        stats.images_per_second = stats.inputs as f64 / stats.wall_seconds.max(1e-9);
-        stats.peak_rss_bytes = peak_rss_bytes();
-        stats.cpu_seconds = process_cpu_seconds().zip(cpu_at_start).map(|(end, start)| end - start);
-        for (name, clock) in clocks.iter() {
-            stats.stage_seconds.insert((*name).to_owned(), clock.seconds());
-        }
-        Ok(match committed {
-            CommitOutcome::Committed(manifest) => ShardOutcome::Committed { manifest, stats },
-            CommitOutcome::LostRace(manifest) => ShardOutcome::LostRace { manifest, stats },
-        })
+        Ok(written)
+    })?;
+
+    let Written { committer, mut manifest, mut stats } = written;
+    let inputs = entries.len() as u64;
+    if stats.labelled + stats.errors != inputs {
+        return Err(PipelineError::Unaccounted { shard, inputs, rows: stats.labelled + stats.errors });
+    }
+    if stats.errors as f64 > cfg.run.max_error_fraction * inputs as f64 {
+        let reasons: Vec<String> = stats.errors_by_reason.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        return Err(PipelineError::TooManyErrors {
+            shard,
+            errors: stats.errors,
+            inputs,
+            max: cfg.run.max_error_fraction,
+            reasons: reasons.join(", "),
+        });
+    }
+    manifest.inputs = Some(inputs);
+    manifest.fingerprint = Some(fingerprint);
+    let t = Instant::now();
+    let committed = rt.block_on(committer.commit(manifest))?;
+    clocks["write"].add(t.elapsed());
+
+    stats.inputs = inputs;
+    stats.wall_seconds = started.elapsed().as_secs_f64();
+    stats.images_per_second = stats.inputs as f64 / stats.wall_seconds.max(1e-9);
+    stats.peak_rss_bytes = peak_rss_bytes();
+    stats.cpu_seconds = process_cpu_seconds().zip(cpu_at_start).map(|(end, start)| end - start);
+    for (name, clock) in clocks.iter() {
+        stats.stage_seconds.insert((*name).to_owned(), clock.seconds());
+    }
+    Ok(match committed {
+        CommitOutcome::Committed(manifest) => ShardOutcome::Committed { manifest, stats },
+        CommitOutcome::LostRace(manifest) => ShardOutcome::LostRace { manifest, stats },
     })
+}
+
+/// A stage thread's result: its own error, or its panic turned into an error naming the stage.
+fn joined<T>(stage: &'static str, result: std::thread::Result<Result<T, PipelineError>>) -> Result<T, PipelineError> {
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".to_owned());
+            Err(PipelineError::StageFailed { stage, message })
+        }
+    }
+}
+
+/// A root has one shard count: fix it on the first run (put-if-absent) and refuse any other afterwards.
+/// Roots labelled before the count was recorded are checked against the names of their manifests.
+fn check_shard_count(
+    rt: &tokio::runtime::Runtime,
+    out: &Location,
+    output: &str,
+    index: &shards::inputs::InputIndex,
+    shard: ShardId,
+) -> Result<(), PipelineError> {
+    let created = rt.block_on(inputs::claim_layout(out, index, shard.count))?;
+    if created {
+        let counts: std::collections::BTreeSet<u64> =
+            rt.block_on(shards::committed_manifests(out))?.into_iter().map(|(_, m)| m.num_shards).collect();
+        if counts.iter().any(|&n| n != shard.count) {
+            return Err(PipelineError::ShardCountMismatch {
+                output: output.to_owned(),
+                counts: counts.into_iter().collect(),
+                requested: shard.count,
+            });
+        }
+    }
+    Ok(())
 }

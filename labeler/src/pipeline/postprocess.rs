@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use schemas::{ErrorRecord, ImageRecord, Stage};
 
+use super::fault::{self, Fault, FaultStage};
 use super::infer::Inferred;
 use super::records::{apply_prediction, error_record, image_failure_record};
 use super::{Chunk, StageClock};
@@ -19,17 +20,19 @@ pub(super) fn postprocess_stage(
     tx: SyncSender<Chunk<Result<ImageRecord, ErrorRecord>>>,
     threads: usize,
     specs: &[TeacherSpec],
+    fault: Option<Fault>,
     clocks: &BTreeMap<&'static str, StageClock>,
 ) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("post-processing thread pool");
     for chunk in rx {
+        fault::hook(fault, FaultStage::Postprocess, chunk.first, chunk.items.len());
         let t = Instant::now();
         let items: Vec<Result<ImageRecord, ErrorRecord>> = pool.install(|| {
             use rayon::prelude::*;
             chunk.items.into_par_iter().map(|item| finish_one(item, specs)).collect()
         });
         clocks["postprocess"].add(t.elapsed());
-        if tx.send(Chunk { seq: chunk.seq, items }).is_err() {
+        if tx.send(Chunk { seq: chunk.seq, first: chunk.first, items }).is_err() {
             break;
         }
     }

@@ -1,5 +1,6 @@
-//! Write stage: re-orders chunks into input order, encodes row groups and files, puts them under the
-//! attempt's directory and commits the shard's manifest.
+//! Write stage: re-orders chunks into input order, encodes row groups and files and puts them under the
+//! attempt's directory. It does not commit: it hands back the committer and the manifest, and the shard
+//! commits only once every stage has ended cleanly and every input is accounted for (see `mod.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
@@ -7,8 +8,9 @@ use std::time::Instant;
 
 use schemas::{ErrorRecord, ImageRecord, ManifestCounts, ManifestTeacher, ShardManifest};
 use shards::inputs::InputIndex;
-use shards::{CommitOutcome, Location, ShardCommitter, ShardId};
+use shards::{Location, ShardCommitter, ShardId};
 
+use super::fault::{self, Fault, FaultStage};
 use super::files::{provenance, with_provenance, FileRoller};
 use super::records::schema_task;
 use super::{Chunk, PipelineError, Progress, ShardStats, StageClock, LABELER_VERSION};
@@ -26,8 +28,9 @@ pub(super) fn write_stage(
     index: &InputIndex,
     rx: Receiver<Chunk<Result<ImageRecord, ErrorRecord>>>,
     progress: &dyn Progress,
+    fault: Option<Fault>,
     clocks: &BTreeMap<&'static str, StageClock>,
-) -> Result<(CommitOutcome, ShardStats), PipelineError> {
+) -> Result<Written, PipelineError> {
     let kv = provenance(cfg, teachers, index, shard);
     let record_props = with_provenance(shards::encoding::record_writer_properties(), Some(cfg.run.row_group_rows), &kv);
     let error_props = with_provenance(shards::encoding::error_writer_properties(), None, &kv);
@@ -58,6 +61,7 @@ pub(super) fn write_stage(
             roller.write(&batch)
         };
     for chunk in rx {
+        fault::hook(fault, FaultStage::Write, chunk.first, chunk.items.len());
         pending.insert(chunk.seq, chunk.items);
         while let Some(items) = pending.remove(&next) {
             next += 1;
@@ -116,8 +120,16 @@ pub(super) fn write_stage(
                 model_sha256: sha.clone(),
             })
             .collect(),
+        ..Default::default()
     };
-    let outcome = rt.block_on(committer.commit(manifest))?;
     clocks["write"].add(t.elapsed());
-    Ok((outcome, stats))
+    Ok(Written { committer, manifest, stats })
+}
+
+/// Everything the write stage put, ready to commit.
+pub(super) struct Written {
+    pub(super) committer: ShardCommitter,
+    /// The manifest without its files and attempt (the committer fills those in).
+    pub(super) manifest: ShardManifest,
+    pub(super) stats: ShardStats,
 }

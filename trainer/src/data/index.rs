@@ -227,6 +227,9 @@ pub(crate) async fn build(cfg: &DataConfig, locations: Vec<Location>) -> Result<
         let manifests = shards::committed_manifests(&location)
             .await
             .map_err(|source| DataError::Manifests { dataset: spec.name.clone(), source: Box::new(source) })?;
+        // A root mixing plans, shard counts or teachers holds duplicate or inconsistent rows: refuse it.
+        shards::check_consistent(&location.display, &manifests)
+            .map_err(|source| DataError::Manifests { dataset: spec.name.clone(), source: Box::new(source) })?;
         let mut files = 0;
         for (_, manifest) in &manifests {
             for file in manifest.files.iter().filter(|f| f.kind == "records") {
