@@ -1,15 +1,24 @@
-//! Opening an object store from a user-supplied location.
+//! Opening an object store from a user-supplied location, and naming objects in it by key.
 //!
 //! Every place the project reads or writes (image stores, shard outputs, teacher files) is named by one
 //! string: a local path, or a URL with a scheme `object_store` knows (`file://`, `s3://`, `gs://`,
 //! `az://`, `memory://`). Credentials and endpoints for cloud stores come from the usual environment
 //! variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`, ...), read by `object_store` itself.
+//!
+//! **Keys** are object names exactly as the store holds them and the user sees them (`a/é b#1.jpg`), not
+//! percent-encoded. `object_store`'s [`Path`] keeps such a name as is (a listed path's parts are the raw
+//! names), but `Path::join`/`Path::from` percent-encode every character outside a safe set (`%`, `#`,
+//! `?`, `*`, `[`, `]`, `^`, `|`, `~`, `\`, all non-ASCII, …) on the way in, so building a path from a
+//! listed key with them names a different object (`%C3%A9 b%231.jpg`). [`Location::child`] therefore
+//! takes each part as is. The only names it cannot take as is are ones `object_store` cannot represent at
+//! all (a part that is `.` or `..` or holds an ASCII control character, or an empty part as in `a//b`):
+//! no store lists such a key, so it is encoded, cannot climb out of the prefix, and is simply not found.
 
 use std::fmt;
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::ObjectStore;
 use url::Url;
 
@@ -31,18 +40,15 @@ impl fmt::Debug for Location {
 }
 
 impl Location {
-    /// Wrap an existing store (tests, fault injection) under a prefix.
+    /// Wrap an existing store (tests, fault injection) under a prefix (a key prefix, as the store holds it).
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Self {
-        Self { store, prefix: Path::from(prefix), display: display.to_owned() }
+        Self { store, prefix: join_key(Path::default(), prefix), display: display.to_owned() }
     }
 
-    /// The path of `relative` (slash-separated) under this location's prefix.
+    /// The path of `relative` (a slash-separated key, as listed: not percent-encoded) under this
+    /// location's prefix.
     pub fn child(&self, relative: &str) -> Path {
-        let mut path = self.prefix.clone();
-        for part in relative.split('/').filter(|p| !p.is_empty()) {
-            path = path.join(part);
-        }
-        path
+        join_key(self.prefix.clone(), relative)
     }
 
     /// The part of `path` after this location's prefix, slash-separated.
@@ -57,6 +63,13 @@ impl Location {
             _ => format!("{}", path),
         }
     }
+}
+
+/// `base` joined with each part of `key` taken as the object name it is (see the module doc).
+fn join_key(base: Path, key: &str) -> Path {
+    key.split('/')
+        .filter(|p| !p.is_empty())
+        .fold(base, |path, part| path.join(PathPart::parse(part).unwrap_or_else(|_| PathPart::from(part))))
 }
 
 /// Why a location could not be opened.
@@ -138,5 +151,18 @@ mod tests {
     fn bad_url_names_the_location() {
         let err = open("nosuchscheme://x/y").unwrap_err().to_string();
         assert!(err.contains("nosuchscheme://x/y"), "{err}");
+    }
+
+    #[test]
+    fn keys_are_object_names_not_encodings() {
+        let loc = Location::from_store(Arc::new(object_store::memory::InMemory::new()), "my photos/é", "memory:///");
+        for key in ["a/é b#1.jpg", "a%20b.jpg", "%2F.jpg", "[x]^|~\\*?.jpg", "漢/字 .jpg"] {
+            let path = loc.child(key);
+            assert_eq!(path.as_ref(), format!("my photos/é/{key}"), "{key}");
+            assert_eq!(loc.relative(&path).as_deref(), Some(key));
+        }
+        // Names no store lists stay inside the prefix and name nothing that exists.
+        assert_eq!(loc.child("../x").as_ref(), "my photos/é/%2E%2E/x");
+        assert_eq!(loc.child("a\nb").as_ref(), "my photos/é/a%0Ab");
     }
 }
