@@ -33,11 +33,11 @@ pub(super) fn io_reason(e: &object_store::Error) -> &'static str {
 
 pub(super) async fn get_bytes(loc: &Location, rel: &str, max: u64) -> Result<Bytes, (&'static str, String)> {
     let path = loc.child(rel);
-    let got = loc.store.get(&path).await.map_err(|e| (io_reason(&e), e.to_string()))?;
+    let got = loc.store.get(&path).await.map_err(|e| (io_reason(&e), shards::describe_store_error(&e)))?;
     if got.meta.size > max {
         return Err(("too_large", format!("{} bytes is over the limit of {max}", got.meta.size)));
     }
-    got.bytes().await.map_err(|e| (io_reason(&e), e.to_string()))
+    got.bytes().await.map_err(|e| (io_reason(&e), shards::describe_store_error(&e)))
 }
 
 pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64) -> Fetched {

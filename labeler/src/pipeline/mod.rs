@@ -210,7 +210,7 @@ pub fn run_shard_with(
     let index = match rt.block_on(inputs::read_index(&out)) {
         Ok(i) => i,
         Err(shards::inputs::InputError::Read { source: object_store::Error::NotFound { .. }, .. }) => {
-            return Err(PipelineError::NotPlanned { output: cfg.output.clone() })
+            return Err(PipelineError::NotPlanned { output: out.display.clone() })
         }
         Err(e) => return Err(e.into()),
     };
