@@ -122,7 +122,7 @@ fn run(cli: Cli) -> Result<()> {
                 "planned {} inputs in {} part(s) under {}/inputs (sha256 {})",
                 index.total,
                 index.parts.len(),
-                cfg.output,
+                shards::redact_url(&cfg.output),
                 index.sha256
             );
         }

@@ -116,11 +116,11 @@ pub enum RenderError {
 /// be called from async code; use [`render_location`] there.
 pub fn render_shards(output: &str, to: &Path, count: usize) -> Result<Vec<PathBuf>, RenderError> {
     let loc = shards::open(output)
-        .map_err(|source| RenderError::Open { output: output.to_owned(), source: Box::new(source) })?;
+        .map_err(|source| RenderError::Open { output: shards::redact_url(output), source: Box::new(source) })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| RenderError::Runtime { output: output.to_owned(), source })?;
+        .map_err(|source| RenderError::Runtime { output: loc.display.clone(), source })?;
     rt.block_on(render_location(&loc, to, count))
 }
 

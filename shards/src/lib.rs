@@ -9,6 +9,7 @@ mod commit;
 pub mod encoding;
 pub mod inputs;
 mod read;
+mod redact;
 pub mod store;
 
 pub use commit::{
@@ -17,4 +18,5 @@ pub use commit::{
 };
 pub use read::{open_file, read_all, ObjectReader, OpenedFile, ReadError};
 
+pub use redact::{describe_store_error, redact_url};
 pub use store::{open, resolve_location, Location, OpenError};

@@ -221,7 +221,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
     let mixed = cfg.run.mixed_precision && device.is_cuda();
     fs::create_dir_all(&cfg.out).map_err(io_err(&cfg.out))?;
     let config_json = cfg.out.join("config.json");
-    let text = serde_json::to_vec_pretty(cfg).map_err(|e| TrainError::Torch(format!("encoding the config: {e}")))?;
+    // The record names dataset locations without any credentials written into their URLs.
+    let mut recorded = cfg.clone();
+    let eval_datasets = recorded.eval.iter_mut().flat_map(|e| e.datasets.iter_mut());
+    for d in recorded.data.datasets.iter_mut().chain(eval_datasets) {
+        d.location = shards::redact_url(&d.location);
+    }
+    let text =
+        serde_json::to_vec_pretty(&recorded).map_err(|e| TrainError::Torch(format!("encoding the config: {e}")))?;
     fs::write(&config_json, text).map_err(io_err(&config_json))?;
 
     let ckpt_dir = cfg.out.join("checkpoints");

@@ -76,7 +76,7 @@ pub(super) async fn get_bytes(loc: &Location, rel: &str, max: u64, retry: &Retry
                 })
             }
             Err(e) if is_input_fault(&e) => {
-                return Err(ReadError::Input { reason: "not_found", detail: e.to_string() });
+                return Err(ReadError::Input { reason: "not_found", detail: shards::describe_store_error(&e) });
             }
             Err(e) => e,
         };
@@ -84,10 +84,10 @@ pub(super) async fn get_bytes(loc: &Location, rel: &str, max: u64, retry: &Retry
             return Err(ReadError::Store(PipelineError::Store {
                 uri: loc.uri_of(&path),
                 tries,
-                detail: error.to_string(),
+                detail: shards::describe_store_error(&error),
             }));
         }
-        warn!(uri = %loc.uri_of(&path), tries, error = %error, "read failed; retrying");
+        warn!(uri = %loc.uri_of(&path), tries, error = %shards::describe_store_error(&error), "read failed; retrying");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(retry.max_backoff);
     }

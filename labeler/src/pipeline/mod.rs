@@ -236,7 +236,7 @@ pub fn run_shard_with(
     let out = out.clone();
     let index = match rt.block_on(inputs::read_index_if_present(&out))? {
         Some(i) => i,
-        None => return Err(PipelineError::NotPlanned { output: cfg.output.clone() }),
+        None => return Err(PipelineError::NotPlanned { output: out.display.clone() }),
     };
     // Before any work: this run's shard count and configuration must match what the root already holds.
     check_shard_count(&rt, &out, &cfg.output, &index, shard)?;

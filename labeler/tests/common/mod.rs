@@ -95,31 +95,31 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Read every committed record under `output`.
 pub fn read_records(output: &str) -> Vec<schemas::ImageRecord> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let loc = shards::open(output).unwrap();
-    let manifests = rt.block_on(shards::committed_manifests(&loc)).unwrap();
-    let mut out = Vec::new();
-    for (_, m) in manifests {
-        for f in m.files.iter().filter(|f| f.kind == "records") {
-            for batch in rt.block_on(shards::read_all(&loc, &f.path, f.bytes, &[])).unwrap() {
-                out.extend(schemas::batch_to_records(&batch).unwrap());
-            }
-        }
-    }
-    out
+    records_at(&shards::open(output).unwrap())
 }
 
 /// Read every committed error row under `output`.
 pub fn read_errors(output: &str) -> Vec<schemas::ErrorRecord> {
+    errors_at(&shards::open(output).unwrap())
+}
+
+/// Every committed record under an opened output location (a bucket the test reaches directly).
+pub fn records_at(loc: &shards::Location) -> Vec<schemas::ImageRecord> {
+    committed_batches(loc, "records").iter().flat_map(|b| schemas::batch_to_records(b).unwrap()).collect()
+}
+
+/// Every committed error row under an opened output location.
+pub fn errors_at(loc: &shards::Location) -> Vec<schemas::ErrorRecord> {
+    committed_batches(loc, "errors").iter().flat_map(|b| schemas::batch_to_errors(b).unwrap()).collect()
+}
+
+fn committed_batches(loc: &shards::Location, kind: &str) -> Vec<arrow_array::RecordBatch> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let loc = shards::open(output).unwrap();
-    let manifests = rt.block_on(shards::committed_manifests(&loc)).unwrap();
+    let manifests = rt.block_on(shards::committed_manifests(loc)).unwrap();
     let mut out = Vec::new();
     for (_, m) in manifests {
-        for f in m.files.iter().filter(|f| f.kind == "errors") {
-            for batch in rt.block_on(shards::read_all(&loc, &f.path, f.bytes, &[])).unwrap() {
-                out.extend(schemas::batch_to_errors(&batch).unwrap());
-            }
+        for f in m.files.iter().filter(|f| f.kind == kind) {
+            out.extend(rt.block_on(shards::read_all(loc, &f.path, f.bytes, &[])).unwrap());
         }
     }
     out

@@ -170,7 +170,7 @@ impl DataConfig {
         let mut names = std::collections::BTreeSet::new();
         for d in &self.datasets {
             if d.name.is_empty() {
-                return bad(format!("dataset at {:?} has an empty name", d.location));
+                return bad(format!("dataset at {:?} has an empty name", shards::redact_url(&d.location)));
             }
             if !names.insert(d.name.as_str()) {
                 return bad(format!("dataset name {:?} is used twice", d.name));

@@ -99,7 +99,7 @@ impl Loader {
             .map(|d| {
                 shards::open(&d.location).map_err(|source| DataError::Open {
                     dataset: d.name.clone(),
-                    location: d.location.clone(),
+                    location: shards::redact_url(&d.location),
                     source: Box::new(source),
                 })
             })
