@@ -2,12 +2,13 @@
 //!
 //! This crate owns everything about *files* of records: opening stores by URL, freezing an image store
 //! into a sorted input manifest, the deterministic shard plan, Parquet encoding choices, and the
-//! commit protocol (attempt-unique data files, a manifest written with put-if-absent). It knows the
-//! record schema from `schemas` but nothing about teachers or students.
+//! commit protocol (attempt-unique data files under a lease, a manifest written with put-if-absent). It
+//! knows the record schema from `schemas` but nothing about teachers or students.
 
 mod commit;
 pub mod encoding;
 pub mod inputs;
+pub mod lease;
 mod read;
 pub mod store;
 
@@ -15,6 +16,7 @@ pub use commit::{
     committed_manifests, encode_parquet, read_manifest, remove_orphans, CommitError, CommitOutcome, ShardCommitter,
     ShardId,
 };
+pub use lease::{Lease, LeaseRecord};
 pub use read::{open_file, read_all, ObjectReader, OpenedFile, ReadError};
 
 pub use store::{open, resolve_location, Location, OpenError};

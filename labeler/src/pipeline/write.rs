@@ -1,5 +1,6 @@
 //! Write stage: re-orders chunks into input order, encodes row groups and files, puts them under the
-//! attempt's directory and commits the shard's manifest.
+//! attempt's directory and commits the shard's manifest, holding the attempt's lease from before the first
+//! file until the commit.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
@@ -35,7 +36,7 @@ pub(super) fn write_stage(
         FileRoller::new(schemas::image_schema(), record_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
     let mut errors =
         FileRoller::new(schemas::error_schema(), error_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
-    let mut committer = ShardCommitter::new(out.clone(), shard, attempt);
+    let mut committer = rt.block_on(ShardCommitter::leased(out.clone(), shard, attempt, cfg.lease_ttl()))?;
     let mut stats = ShardStats::default();
     let mut pending: BTreeMap<u64, Vec<Result<ImageRecord, ErrorRecord>>> = BTreeMap::new();
     let mut next = 0u64;
