@@ -87,8 +87,22 @@ pub enum CommitError {
         #[source]
         source: object_store::Error,
     },
+    #[error("deleting {uri}")]
+    Delete {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cleaning up {path}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("lease {uri}: {reason}; the attempt stops without committing")]
     LeaseLost { uri: String, reason: String },
+    #[error("lease {uri} is not valid: {reason}")]
+    BadLease { uri: String, reason: String },
 }
 
 /// What `ShardCommitter::commit` found.
@@ -282,33 +296,6 @@ fn settle(mine: ShardManifest, existing: ShardManifest) -> CommitOutcome {
     } else {
         CommitOutcome::LostRace(existing)
     }
-}
-
-/// Delete data files under `root/data/` that no committed manifest names (orphans of failed or losing
-/// attempts). Returns the number of objects deleted. Safe to run while no attempt is in flight.
-pub async fn remove_orphans(root: &Location) -> Result<u64, CommitError> {
-    let committed = committed_manifests(root).await?;
-    let named: std::collections::HashSet<String> =
-        committed.iter().flat_map(|(_, m)| m.files.iter().map(|f| f.path.clone())).collect();
-    let dir = root.child("data");
-    let metas: Vec<_> = root
-        .store
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| CommitError::List { uri: root.uri_of(&dir), source })?;
-    let mut removed = 0;
-    for meta in metas {
-        let rel = root.relative(&meta.location).unwrap_or_default();
-        if !named.contains(&rel) {
-            root.store
-                .delete(&meta.location)
-                .await
-                .map_err(|source| CommitError::Write { uri: root.uri_of(&meta.location), source })?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

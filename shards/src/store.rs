@@ -6,6 +6,7 @@
 //! variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`, ...), read by `object_store` itself.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
@@ -22,6 +23,10 @@ pub struct Location {
     pub prefix: Path,
     /// The location as the user wrote it, for messages.
     pub display: String,
+    /// The directory holding `prefix` when the store is the local file system. The janitor needs it:
+    /// local puts stage their bytes in a `<name>#<n>` file next to the target, which `list` never shows,
+    /// and a process killed mid-put leaves that file behind.
+    pub local_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Location {
@@ -33,7 +38,7 @@ impl fmt::Debug for Location {
 impl Location {
     /// Wrap an existing store (tests, fault injection) under a prefix.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Self {
-        Self { store, prefix: Path::from(prefix), display: display.to_owned() }
+        Self { store, prefix: Path::from(prefix), display: display.to_owned(), local_dir: None }
     }
 
     /// The path of `relative` (slash-separated) under this location's prefix.
@@ -103,13 +108,23 @@ pub fn open(location: &str) -> Result<Location, OpenError> {
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|source| OpenError::Local { location: location.to_owned(), source })?
             .with_fsync(true);
-        return Ok(Location { store: Arc::new(store), prefix: Path::default(), display: location.to_owned() });
+        return Ok(Location {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            display: location.to_owned(),
+            local_dir: Some(dir.to_owned()),
+        });
     }
     let url = Url::parse(location)
         .map_err(|e| OpenError::Invalid { location: location.to_owned(), reason: e.to_string() })?;
     let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars())
         .map_err(|source| OpenError::Store { location: location.to_owned(), source })?;
-    Ok(Location { store: Arc::from(store), prefix, display: location.trim_end_matches('/').to_owned() })
+    Ok(Location {
+        store: Arc::from(store),
+        prefix,
+        display: location.trim_end_matches('/').to_owned(),
+        local_dir: None,
+    })
 }
 
 #[cfg(test)]
@@ -122,6 +137,7 @@ mod tests {
         let target = dir.path().join("a/b");
         let loc = open(target.to_str().unwrap()).unwrap();
         assert!(target.is_dir());
+        assert_eq!(loc.local_dir.as_deref(), Some(target.as_path()));
         assert_eq!(loc.child("x/y.jpg").as_ref(), "x/y.jpg");
     }
 
