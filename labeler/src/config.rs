@@ -101,6 +101,10 @@ pub struct RunSettings {
     /// Fail the attempt, committing nothing, when more than this fraction of a shard's inputs end as
     /// error rows: that many broken inputs usually means a wrong location or format, not bad images.
     pub max_error_fraction: f64,
+    /// Time-to-live of the lease a shard attempt holds while it runs (`shards::lease`), refreshed every
+    /// third of it. A janitor leaves the files of an attempt alone until its lease has expired; an attempt
+    /// that cannot refresh its lease in time fails instead of committing.
+    pub lease_seconds: u64,
 }
 
 impl Default for RunSettings {
@@ -126,6 +130,7 @@ impl Default for RunSettings {
             fetch_retries: 5,
             retry_backoff_ms: 200,
             max_error_fraction: 0.05,
+            lease_seconds: 60,
         }
     }
 }
@@ -294,6 +299,9 @@ impl LabelConfig {
         if !(0.0..=1.0).contains(&run.max_error_fraction) {
             return Err(invalid("run.max_error_fraction", format!("is {}, must be in [0, 1]", run.max_error_fraction)));
         }
+        if run.lease_seconds == 0 {
+            return Err(invalid("run.lease_seconds", "must be at least 1".into()));
+        }
         let output = output.map(str::to_owned).unwrap_or_else(|| resolve_location(&raw.output, &base));
         Ok(Self { file: file.to_owned(), teachers, output, thresholds: raw.thresholds, run, datasets })
     }
@@ -307,6 +315,11 @@ impl LabelConfig {
         }
     }
 
+    /// Time-to-live of a shard attempt's lease.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.run.lease_seconds)
+    }
+
     /// Decoder limits from the run settings.
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits {
@@ -316,5 +329,32 @@ impl LabelConfig {
             max_pixels: self.run.max_pixels,
             ..DecodeLimits::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_config(dir: &Path, run: &str) -> PathBuf {
+        let teachers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../teachers/demo.toml");
+        let file = dir.join("label.toml");
+        let text = format!(
+            "teachers = [{:?}]\noutput = \"out\"\n\n[run]\n{run}\n\n[[dataset]]\nname = \"d\"\nlocation = \"images\"\n",
+            teachers.to_str().unwrap()
+        );
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    #[test]
+    fn the_lease_lasts_a_minute_unless_set_and_never_zero_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LabelConfig::load(&write_config(dir.path(), ""), None).unwrap();
+        assert_eq!(cfg.lease_ttl(), std::time::Duration::from_secs(60));
+        let cfg = LabelConfig::load(&write_config(dir.path(), "lease_seconds = 5"), None).unwrap();
+        assert_eq!(cfg.lease_ttl(), std::time::Duration::from_secs(5));
+        let err = LabelConfig::load(&write_config(dir.path(), "lease_seconds = 0"), None).unwrap_err().to_string();
+        assert!(err.contains("label.toml") && err.contains("`run.lease_seconds`: must be at least 1"), "{err}");
     }
 }

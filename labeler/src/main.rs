@@ -61,10 +61,14 @@ enum Command {
         #[arg(long)]
         output: String,
     },
-    /// Delete data files that no committed manifest names (leftovers of failed attempts).
+    /// Delete what dead attempts left (data files no committed manifest names, expired leases, staging
+    /// files of interrupted puts); safe while attempts run: nothing of an attempt with a live lease is touched.
     Janitor {
         #[arg(long)]
         output: String,
+        /// Keep every object modified less than this many seconds ago (covers clock skew between hosts).
+        #[arg(long, default_value_t = 3600)]
+        grace_seconds: u64,
     },
     /// Render images with their labels (boxes, mask, depth) side by side to PNG files.
     Render {
@@ -201,11 +205,23 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             print!("{}", status(&rt, &out)?);
         }
-        Command::Janitor { output } => {
+        Command::Janitor { output, grace_seconds } => {
             let out = shards::open(&output)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let removed = rt.block_on(shards::remove_orphans(&out))?;
-            println!("removed {removed} orphaned data file(s)");
+            let policy = shards::JanitorPolicy::at_now(std::time::Duration::from_secs(grace_seconds));
+            let report = rt.block_on(shards::remove_orphans(&out, &policy))?;
+            for uri in &report.deleted {
+                println!("deleted {uri}");
+            }
+            for attempt in &report.live_attempts {
+                println!("left alone: attempt {attempt} holds a live lease");
+            }
+            println!(
+                "deleted {} object(s); kept {} younger than {grace_seconds} s; {} live attempt(s) left alone",
+                report.deleted.len(),
+                report.young.len(),
+                report.live_attempts.len()
+            );
         }
         Command::Render { output, to, count } => {
             let written = labeler::render::render_shards(&output, &to, count)?;

@@ -1,6 +1,6 @@
 //! End-to-end labeler tests on a small synthetic world with the committed demo teachers: agreement with
 //! ground truth, supervised rows, determinism, re-runs, broken inputs, injected store faults, concurrent
-//! attempts and a SIGKILLed process.
+//! attempts, a SIGKILLed process and a janitor running during a live attempt.
 
 #![allow(clippy::print_stderr)] // the agreement test reports the measured quality
 
@@ -371,7 +371,12 @@ fn a_sigkilled_labeler_leaves_nothing_and_its_rerun_equals_a_clean_run() {
     let clean = committed_files(Path::new(&clean_out));
 
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, output) = pool_config(dir.path(), 160, "file_rows = 16\nchunk_images = 8");
+    // A short lease for the run that is killed, so the janitor below need not wait a minute for it to
+    // expire; the re-run holds the default one.
+    let (cfg, output) = pool_config(dir.path(), 160, "file_rows = 16\nchunk_images = 8\nlease_seconds = 5");
+    let images = small_world(SEED, counts(160)).join("pool/images").to_string_lossy().into_owned();
+    let rerun_config =
+        write_config(&dir.path().join("rerun"), &output, &[("pool", images, None)], "file_rows = 16\nchunk_images = 8");
     pipeline::plan(&cfg).unwrap();
     let bin = env!("CARGO_BIN_EXE_labeler");
     let mut child = Command::new(bin)
@@ -400,18 +405,98 @@ fn a_sigkilled_labeler_leaves_nothing_and_its_rerun_equals_a_clean_run() {
     );
     assert!(read_records(&output).is_empty(), "a killed run must leave nothing a reader would take");
     let rerun = Command::new(bin)
-        .args(["run", "--config", cfg.file.to_str().unwrap(), "--shard", "0", "--num-shards", "1"])
+        .args(["run", "--config", rerun_config.to_str().unwrap(), "--shard", "0", "--num-shards", "1"])
         .env("MUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
     assert_eq!(committed_files(Path::new(&output)), clean, "the re-run must equal a clean run");
-    // The killed attempt's files are orphans; the janitor removes exactly those.
+    // The killed attempt's files are orphans once its lease has expired; the janitor removes exactly those
+    // (with its staging leftovers and its lease), and nothing the committed manifest names.
+    let leases = Path::new(&output).join("leases");
+    wait_until_every_lease_expired(&leases);
     let before = walk(&data).len();
-    let janitor = Command::new(bin).args(["janitor", "--output", &output]).output().unwrap();
-    assert!(janitor.status.success());
+    let janitor = Command::new(bin).args(["janitor", "--output", &output, "--grace-seconds", "0"]).output().unwrap();
+    assert!(janitor.status.success(), "{}", String::from_utf8_lossy(&janitor.stderr));
     assert!(walk(&data).len() < before);
+    assert_eq!(walk(&data).len(), clean.len(), "only committed files are left: {:?}", walk(&data));
+    assert_eq!(walk(&leases), Vec::<std::path::PathBuf>::new());
     assert_eq!(committed_files(Path::new(&output)), clean);
+}
+
+/// Wait until every lease under `dir` has expired. Only for leases no process refreshes any more (they
+/// expire for certain); bounded so a bug cannot hang the test.
+fn wait_until_every_lease_expired(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let live = walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).any(|p| {
+            let lease: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            lease["expires_at_unix_ms"].as_u64().unwrap() >= now_ms
+        });
+        if !live {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "a lease under {} never expired", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_janitor_during_a_live_attempt_deletes_nothing_of_it_and_the_attempt_still_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, output) = pool_config(dir.path(), 40, "file_rows = 8");
+    pipeline::plan(&cfg).unwrap();
+    let out = Path::new(&output);
+    let shard = ShardId { index: 0, count: 1 };
+    let plain = shards::open(&output).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let janitor = |plain: &Location| {
+        rt.block_on(shards::remove_orphans(plain, &shards::JanitorPolicy::at_now(std::time::Duration::ZERO))).unwrap()
+    };
+    // A dead attempt of the same shard (no lease): the janitor must still delete its files.
+    rt.block_on(async {
+        let mut dead = shards::ShardCommitter::new(plain.clone(), shard, "dead");
+        dead.put_file("records", b"partial".to_vec(), 0).await.unwrap();
+    });
+    // The live attempt is held at its second data put: its lease and first data file exist by then.
+    let (loc, store) = faulty_output(&output, Fault::HoldDataPut(1));
+    let live_dir = out.join("data/shard-00000-of-00001/live");
+    let lease = out.join("leases/shard-00000-of-00001/live.json");
+    let staging = live_dir.join("records-00099.parquet#1");
+    let sorted = |mut files: Vec<std::path::PathBuf>| {
+        files.sort();
+        files
+    };
+    std::thread::scope(|s| {
+        let attempt = s.spawn(|| pipeline::run_shard_at(&cfg, &loc, shard, "live", &NoProgress));
+        assert!(store.wait_held(std::time::Duration::from_secs(600)), "the attempt never reached its second put");
+        assert!(lease.exists(), "a running attempt holds a lease");
+        // What a put in flight looks like on local disk (object_store stages it next to its target).
+        std::fs::write(&staging, b"in flight").unwrap();
+        let before = sorted(walk(&live_dir));
+        assert_eq!(before, [live_dir.join("records-00000.parquet"), staging.clone()]);
+
+        let report = janitor(&plain);
+        assert_eq!(report.live_attempts, ["shard-00000-of-00001/live"]);
+        assert_eq!(report.deleted, [format!("{output}/data/shard-00000-of-00001/dead/records-00000.parquet")]);
+        assert_eq!(sorted(walk(&live_dir)), before, "the janitor touched the live attempt");
+        assert!(lease.exists());
+
+        store.release_hold();
+        let outcome = attempt.join().unwrap().unwrap();
+        assert!(matches!(outcome, ShardOutcome::Committed { .. }), "{outcome:?}");
+    });
+    assert!(!lease.exists(), "the commit released the lease");
+    // Every file the manifest names exists and matches its sha256.
+    let committed = committed_files(out);
+    assert_eq!(read_records(&output).len() + read_errors(&output).len(), 40);
+    // With the attempt over, the janitor takes the one thing it left that no manifest names.
+    let report = janitor(&plain);
+    assert_eq!(report.deleted, [format!("{output}/data/shard-00000-of-00001/live/records-00099.parquet#1")]);
+    assert!(report.live_attempts.is_empty() && report.young.is_empty(), "{report:?}");
+    assert_eq!(committed_files(out), committed);
+    assert_eq!(walk(&out.join("data")).len(), committed.len());
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

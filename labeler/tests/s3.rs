@@ -1,6 +1,7 @@
 //! The labeler against a real S3-compatible server on loopback: moto's server from the project venv
 //! (`make setup`), started and stopped by this test. Images are read from a bucket, shards are written
-//! to a bucket with S3 conditional puts (If-None-Match), and a re-run is a no-op.
+//! to a bucket with S3 conditional puts (If-None-Match), a re-run is a no-op, and the janitor deletes a
+//! dead attempt's files but neither a live attempt's nor committed ones.
 
 mod common;
 
@@ -73,6 +74,39 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
         matches!(second, Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })),
         "{second:?}"
     );
+
+    // The janitor over S3: the committing runs released their leases; a dead attempt's file goes, a live
+    // attempt's file and lease stay, and so does every committed file.
+    let put = |key: &str, body: Vec<u8>| {
+        rt.block_on(shards_store.put(&ObjPath::from(key), PutPayload::from(body))).unwrap();
+    };
+    put("run1/data/shard-00000-of-00002/dead/records-00000.parquet", b"partial".to_vec());
+    put("run1/data/shard-00000-of-00002/live/records-00000.parquet", b"partial".to_vec());
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let lease = shards::LeaseRecord {
+        attempt: "live".into(),
+        shard: "shard-00000-of-00002".into(),
+        host: "elsewhere".into(),
+        pid: 1,
+        ttl_ms: 3_600_000,
+        refreshed_at_unix_ms: now_ms,
+        expires_at_unix_ms: now_ms + 3_600_000,
+    };
+    put("run1/leases/shard-00000-of-00002/live.json", serde_json::to_vec(&lease).unwrap());
+    let said = run(&["janitor", "--output", "s3://shards/run1", "--grace-seconds", "0"]);
+    assert!(said.contains("deleted s3://shards/run1/data/shard-00000-of-00002/dead/records-00000.parquet\n"), "{said}");
+    assert!(said.contains("deleted 1 object(s); kept 0 younger than 0 s; 1 live attempt(s) left alone"), "{said}");
+    let live =
+        rt.block_on(shards_store.head(&ObjPath::from("run1/data/shard-00000-of-00002/live/records-00000.parquet")));
+    assert!(live.is_ok(), "{live:?}");
+    let status = run(&["status", "--output", "s3://shards/run1"]);
+    assert!(status.contains("2 committed shard(s): 24 labelled rows, 0 error rows"), "{status}");
+    for (_, m) in &manifests {
+        for f in &m.files {
+            let head = rt.block_on(shards_store.head(&ObjPath::from(format!("run1/{}", f.path)))).unwrap();
+            assert_eq!(head.size, f.bytes, "{}", f.path);
+        }
+    }
 }
 
 /// Upload the pool of a small world to `images/photos/` and write a config labelling it into `output`

@@ -8,6 +8,10 @@
 //! `AlreadyExists` and reports that another attempt won. An ambiguous put (an error after which the
 //! manifest may or may not exist) is resolved by reading the manifest back and comparing attempt ids.
 //! Nothing here commits by rename, which object stores do not make atomic.
+//!
+//! A committer made with [`ShardCommitter::leased`] holds a [lease](crate::lease) for the whole attempt:
+//! from before its first data file until after its manifest put. It writes and commits only while the
+//! lease holds, which is what lets a janitor delete the files of dead attempts while others run.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -16,7 +20,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use schemas::{ManifestFile, ShardManifest};
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
+use crate::lease::Lease;
 use crate::store::Location;
 
 /// Which shard of how many.
@@ -86,6 +92,22 @@ pub enum CommitError {
         #[source]
         source: object_store::Error,
     },
+    #[error("deleting {uri}")]
+    Delete {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cleaning up {path}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lease {uri}: {reason}; the attempt stops without committing")]
+    LeaseLost { uri: String, reason: String },
+    #[error("lease {uri} is not valid: {reason}")]
+    BadLease { uri: String, reason: String },
 }
 
 /// What `ShardCommitter::commit` found.
@@ -208,12 +230,29 @@ pub struct ShardCommitter {
     attempt: String,
     files: Vec<ManifestFile>,
     next_part: u32,
+    lease: Option<Lease>,
 }
 
 impl ShardCommitter {
-    /// Start an attempt of `shard` under `root`; `attempt` must be unique to this attempt.
+    /// Start an attempt of `shard` under `root` without a lease; `attempt` must be unique to this attempt.
+    /// Only for outputs no janitor cleans while it runs (tests, fixtures): a janitor takes the files of an
+    /// attempt without a lease for orphans once they are older than its grace period.
     pub fn new(root: Location, shard: ShardId, attempt: impl Into<String>) -> Self {
-        Self { root, shard, attempt: attempt.into(), files: Vec::new(), next_part: 0 }
+        Self { root, shard, attempt: attempt.into(), files: Vec::new(), next_part: 0, lease: None }
+    }
+
+    /// Start an attempt holding a lease with time-to-live `ttl`, refreshed on the current tokio runtime
+    /// (see [`Lease`]) until the commit, which releases it. If the lease lapses, every later `put_file`
+    /// and the commit fail with [`CommitError::LeaseLost`].
+    pub async fn leased(
+        root: Location,
+        shard: ShardId,
+        attempt: impl Into<String>,
+        ttl: std::time::Duration,
+    ) -> Result<Self, CommitError> {
+        let attempt = attempt.into();
+        let lease = Lease::acquire(&root, shard, &attempt, ttl).await?;
+        Ok(Self { lease: Some(lease), ..Self::new(root, shard, attempt) })
     }
 
     /// The attempt id this committer writes under.
@@ -223,6 +262,9 @@ impl ShardCommitter {
 
     /// Store one data file of `kind` ("records" or "errors") holding `rows` rows.
     pub async fn put_file(&mut self, kind: &str, bytes: Vec<u8>, rows: u64) -> Result<(), CommitError> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
         let rel = format!("data/{}/{}/{kind}-{:05}.parquet", self.shard.name(), self.attempt, self.next_part);
         self.next_part += 1;
         let path = self.root.child(&rel);
@@ -239,8 +281,24 @@ impl ShardCommitter {
         Ok(())
     }
 
-    /// Commit: fill in the files and attempt id of `manifest` and write it with put-if-absent.
-    pub async fn commit(self, mut manifest: ShardManifest) -> Result<CommitOutcome, CommitError> {
+    /// Commit: fill in the files and attempt id of `manifest` and write it with put-if-absent; then
+    /// release the lease, whatever the outcome (a release that fails is logged: the lease expires anyway).
+    pub async fn commit(mut self, manifest: ShardManifest) -> Result<CommitOutcome, CommitError> {
+        let lease = self.lease.take();
+        let outcome = match lease.as_ref().map(Lease::check).transpose() {
+            Ok(_) => self.put_manifest(manifest).await,
+            Err(lost) => Err(lost),
+        };
+        if let Some(lease) = lease {
+            let uri = lease.uri().to_owned();
+            if let Err(e) = lease.release().await {
+                warn!(lease = %uri, error = %format!("{e:#}"), "releasing the lease failed; it will expire");
+            }
+        }
+        outcome
+    }
+
+    async fn put_manifest(self, mut manifest: ShardManifest) -> Result<CommitOutcome, CommitError> {
         manifest.shard = self.shard.index;
         manifest.num_shards = self.shard.count;
         manifest.attempt = self.attempt.clone();
@@ -280,35 +338,61 @@ fn settle(mine: ShardManifest, existing: ShardManifest) -> CommitOutcome {
     }
 }
 
-/// Delete data files under `root/data/` that no committed manifest names (orphans of failed or losing
-/// attempts). Returns the number of objects deleted. Safe to run while no attempt is in flight.
-pub async fn remove_orphans(root: &Location) -> Result<u64, CommitError> {
-    let committed = committed_manifests(root).await?;
-    let named: std::collections::HashSet<String> =
-        committed.iter().flat_map(|(_, m)| m.files.iter().map(|f| f.path.clone())).collect();
-    let dir = root.child("data");
-    let metas: Vec<_> = root
-        .store
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| CommitError::List { uri: root.uri_of(&dir), source })?;
-    let mut removed = 0;
-    for meta in metas {
-        let rel = root.relative(&meta.location).unwrap_or_default();
-        if !named.contains(&rel) {
-            root.store
-                .delete(&meta.location)
-                .await
-                .map_err(|source| CommitError::Write { uri: root.uri_of(&meta.location), source })?;
-            removed += 1;
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::lease::lease_path;
+
+    const SHARD: ShardId = ShardId { index: 1, count: 4 };
+
+    fn manifest() -> ShardManifest {
+        ShardManifest { input_manifest_sha256: "0".repeat(64), ..Default::default() }
+    }
+
+    async fn exists(root: &Location, rel: &str) -> bool {
+        match root.store.head(&root.child(rel)).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => panic!("{e}"),
         }
     }
-    Ok(removed)
+
+    #[tokio::test]
+    async fn a_leased_attempt_holds_its_lease_from_before_its_files_until_its_commit() {
+        let root = Location::from_store(Arc::new(InMemory::new()), "out", "memory:///out");
+        let mut committer = ShardCommitter::leased(root.clone(), SHARD, "a1", Duration::from_secs(60)).await.unwrap();
+        assert!(exists(&root, &lease_path(SHARD, "a1")).await);
+        committer.put_file("records", b"rows".to_vec(), 0).await.unwrap();
+        assert!(exists(&root, &lease_path(SHARD, "a1")).await);
+        let outcome = committer.commit(manifest()).await.unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
+        assert!(!exists(&root, &lease_path(SHARD, "a1")).await, "the commit releases the lease");
+        assert!(exists(&root, "data/shard-00001-of-00004/a1/records-00000.parquet").await);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_lease_lapsed_neither_writes_nor_commits() {
+        let root = Location::from_store(Arc::new(InMemory::new()), "out", "memory:///out");
+        let mut committer = ShardCommitter::leased(root.clone(), SHARD, "a1", Duration::from_secs(60)).await.unwrap();
+        committer.put_file("records", b"rows".to_vec(), 0).await.unwrap();
+        committer.lease.as_ref().unwrap().force_lapse();
+        let err = committer.put_file("records", b"more".to_vec(), 0).await.unwrap_err().to_string();
+        assert!(err.contains("memory:///out/leases/shard-00001-of-00004/a1.json"), "{err}");
+        assert!(!exists(&root, "data/shard-00001-of-00004/a1/records-00001.parquet").await);
+        let err = committer.commit(manifest()).await.unwrap_err();
+        assert!(matches!(err, CommitError::LeaseLost { .. }), "{err:?}");
+        assert_eq!(read_manifest(&root, SHARD).await.unwrap(), None, "nothing was committed");
+        assert!(!exists(&root, &lease_path(SHARD, "a1")).await, "a failed commit releases the lease too");
+    }
 }
 
 #[cfg(test)]
-mod tests {
+mod consistency_tests {
     use super::*;
     use schemas::{ManifestTeacher, Task};
 

@@ -26,6 +26,7 @@
 //! row) go through [`crate::redact_url`], so a location written with credentials in it does not leak them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
@@ -51,6 +52,10 @@ pub struct Location {
     pub prefix: Path,
     /// The location as the user wrote it, without credentials ([`crate::redact_url`]), for messages.
     pub display: String,
+    /// The directory holding `prefix` when the store is the local file system. The janitor needs it:
+    /// local puts stage their bytes in a `<name>#<n>` file next to the target, which `list` never shows,
+    /// and a process killed mid-put leaves that file behind.
+    pub local_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Location {
@@ -62,7 +67,7 @@ impl fmt::Debug for Location {
 impl Location {
     /// Wrap an existing store (tests, fault injection) under a prefix (a key prefix, as the store holds it).
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Self {
-        Self { store, prefix: join_key(Path::default(), prefix), display: redact_url(display) }
+        Self { store, prefix: join_key(Path::default(), prefix), display: redact_url(display), local_dir: None }
     }
 
     /// The path of `relative` (a slash-separated key, as listed: not percent-encoded) under this
@@ -148,7 +153,12 @@ pub fn open(location: &str) -> Result<Location, OpenError> {
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|source| OpenError::Local { location: location.to_owned(), source })?
             .with_fsync(true);
-        return Ok(Location { store: Arc::new(store), prefix: Path::default(), display: location.to_owned() });
+        return Ok(Location {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            display: location.to_owned(),
+            local_dir: Some(dir.to_owned()),
+        });
     }
     let url = Url::parse(location)
         .map_err(|e| OpenError::Invalid { location: redact_url(location), reason: e.to_string() })?;
@@ -156,7 +166,12 @@ pub fn open(location: &str) -> Result<Location, OpenError> {
         // A builder's message can quote the URL it was given, credentials and all.
         OpenError::Store { location: redact_url(location), reason: scrub(&e.to_string(), location) }
     })?;
-    Ok(Location { store: Arc::from(store), prefix, display: redact_url(location).trim_end_matches('/').to_owned() })
+    Ok(Location {
+        store: Arc::from(store),
+        prefix,
+        display: redact_url(location).trim_end_matches('/').to_owned(),
+        local_dir: None,
+    })
 }
 
 #[cfg(test)]
@@ -169,6 +184,7 @@ mod tests {
         let target = dir.path().join("a/b");
         let loc = open(target.to_str().unwrap()).unwrap();
         assert!(target.is_dir());
+        assert_eq!(loc.local_dir.as_deref(), Some(target.as_path()));
         assert_eq!(loc.child("x/y.jpg").as_ref(), "x/y.jpg");
     }
 

@@ -1,6 +1,7 @@
 //! Write stage: re-orders chunks into input order, encodes row groups and files and puts them under the
-//! attempt's directory. It does not commit: it hands back the committer and the manifest, and the shard
-//! commits only once every stage has ended cleanly and every input is accounted for (see `mod.rs`).
+//! attempt's directory, holding the attempt's lease from before the first file. It does not commit: it
+//! hands back the committer and the manifest, and the shard commits only once every stage has ended
+//! cleanly and every input is accounted for (see `mod.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
@@ -38,7 +39,7 @@ pub(super) fn write_stage(
         FileRoller::new(schemas::image_schema(), record_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
     let mut errors =
         FileRoller::new(schemas::error_schema(), error_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
-    let mut committer = ShardCommitter::new(out.clone(), shard, attempt);
+    let mut committer = rt.block_on(ShardCommitter::leased(out.clone(), shard, attempt, cfg.lease_ttl()))?;
     let mut stats = ShardStats::default();
     let mut pending: BTreeMap<u64, Vec<Result<ImageRecord, ErrorRecord>>> = BTreeMap::new();
     let mut next = 0u64;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -134,23 +134,46 @@ pub enum Fault {
     BeforeManifest,
     /// The manifest is written, then the store reports an error (an ambiguous commit).
     AfterManifest,
+    /// The n-th put of a data file (0-based) waits, unwritten, until [`FaultyStore::release_hold`]: the
+    /// attempt stays alive, mid-shard, for as long as a test needs.
+    HoldDataPut(usize),
 }
 
-/// An object store that fails once, as told, and otherwise passes through.
+/// An object store that fails (or holds a put) once, as told, and otherwise passes through.
 #[derive(Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     fault: Fault,
     data_puts: AtomicUsize,
     fired: AtomicUsize,
+    held: Mutex<bool>,
+    held_changed: Condvar,
+    released: tokio::sync::Notify,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>, fault: Fault) -> Self {
-        Self { inner, fault, data_puts: AtomicUsize::new(0), fired: AtomicUsize::new(0) }
+        Self {
+            inner,
+            fault,
+            data_puts: AtomicUsize::new(0),
+            fired: AtomicUsize::new(0),
+            held: Mutex::new(false),
+            held_changed: Condvar::new(),
+            released: tokio::sync::Notify::new(),
+        }
     }
     pub fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst) > 0
+    }
+    /// Wait until the put of a `HoldDataPut` fault is being held (at most `timeout`); whether it is.
+    pub fn wait_held(&self, timeout: std::time::Duration) -> bool {
+        let held = self.held.lock().unwrap();
+        *self.held_changed.wait_timeout_while(held, timeout, |held| !*held).unwrap().0
+    }
+    /// Let the held put go on.
+    pub fn release_hold(&self) {
+        self.released.notify_one();
     }
     fn injected(what: &str) -> object_store::Error {
         object_store::Error::Generic { store: "FaultyStore", source: format!("injected fault: {what}").into() }
@@ -178,6 +201,12 @@ impl ObjectStore for FaultyStore {
             if self.fault == Fault::DataPut(n) {
                 self.fired.fetch_add(1, Ordering::SeqCst);
                 return Err(Self::injected("data put"));
+            }
+            if self.fault == Fault::HoldDataPut(n) {
+                self.fired.fetch_add(1, Ordering::SeqCst);
+                *self.held.lock().unwrap() = true;
+                self.held_changed.notify_all();
+                self.released.notified().await;
             }
         }
         if is_manifest && self.fault == Fault::BeforeManifest && self.fired.fetch_add(1, Ordering::SeqCst) == 0 {
