@@ -15,7 +15,7 @@ use super::supervised::{supervised_labels, DatasetCtx};
 use super::{Chunk, StageClock};
 use crate::config::LabelConfig;
 use crate::decode::{self, DecodeLimits};
-use crate::spec::{Task, TeacherSpec};
+use crate::spec::TeacherSpec;
 use crate::teacher::TeacherInput;
 
 /// The smallest image side every teacher's largest input still needs, so a JPEG may be decoded at reduced
@@ -55,7 +55,6 @@ pub(super) fn decode_stage(
     settings: &DecodeSettings,
     specs: &[TeacherSpec],
     datasets: &HashMap<String, DatasetCtx>,
-    class_counts: &HashMap<Task, usize>,
     clocks: &BTreeMap<&'static str, StageClock>,
 ) -> u64 {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("decode thread pool");
@@ -67,7 +66,7 @@ pub(super) fn decode_stage(
             chunk
                 .items
                 .into_par_iter()
-                .map_init(Resizer::new, |resizer, f| decode_one(f, settings, specs, resizer, datasets, class_counts))
+                .map_init(Resizer::new, |resizer, f| decode_one(f, settings, specs, resizer, datasets))
                 .collect()
         });
         clocks["decode"].add(t.elapsed());
@@ -86,7 +85,6 @@ pub(super) fn decode_one(
     specs: &[TeacherSpec],
     resizer: &mut Resizer,
     datasets: &HashMap<String, DatasetCtx>,
-    class_counts: &HashMap<Task, usize>,
 ) -> Decoded {
     let Fetched { entry, uri, bytes, truth } = f;
     let outcome = (|| {
@@ -100,12 +98,12 @@ pub(super) fn decode_one(
             ImageRecord::new(entry.key.clone(), entry.dataset.clone(), uri.clone(), decoded.width, decoded.height);
         rec.image_format = Some(decoded.format.to_owned());
         if let Some(ctx) = datasets.get(&entry.dataset).and_then(|d| d.supervised.as_ref()) {
-            let truth = match &truth {
+            let files = match &truth {
                 Some(Err(e)) => return Err(e.clone()),
-                Some(Ok(t)) => Some(t),
+                Some(Ok(files)) => Some(files),
                 None => None,
             };
-            supervised_labels(&mut rec, &entry, &uri, ctx, truth, class_counts)?;
+            supervised_labels(&mut rec, &entry, &uri, ctx, files)?;
         }
         if settings.store_images {
             rec.image = Some(bytes.to_vec());

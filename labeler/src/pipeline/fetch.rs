@@ -13,7 +13,7 @@ use shards::inputs::InputEntry;
 use shards::Location;
 
 use super::records::error_record;
-use super::supervised::{DatasetCtx, SupervisedCtx};
+use super::supervised::{fetch_label_files, DatasetCtx, FetchedLabels};
 use super::{Chunk, StageClock};
 
 /// One fetched input.
@@ -21,7 +21,7 @@ pub(super) struct Fetched {
     pub(super) entry: InputEntry,
     pub(super) uri: String,
     pub(super) bytes: Result<Bytes, ErrorRecord>,
-    pub(super) truth: Option<Result<[Bytes; 3], ErrorRecord>>,
+    pub(super) truth: FetchedLabels,
 }
 
 pub(super) fn io_reason(e: &object_store::Error) -> &'static str {
@@ -56,38 +56,7 @@ pub(super) async fn fetch_one(entry: InputEntry, ds: &DatasetCtx, max_bytes: u64
             .await
             .map_err(|(reason, detail)| error_record(&entry, &uri, Stage::Fetch, reason, detail))
     };
-    let truth = match &ds.supervised {
-        Some(SupervisedCtx::World { truth, .. }) if bytes.is_ok() => {
-            let stem = entry.key.rsplit_once('.').map(|(s, _)| s).unwrap_or(&entry.key).to_owned();
-            let mut parts = Vec::with_capacity(3);
-            let mut failure = None;
-            for suffix in [".json", ".seg.png", ".depth.png"] {
-                let rel = format!("{stem}{suffix}");
-                match get_bytes(truth, &rel, 64 << 20).await {
-                    Ok(b) => parts.push(b),
-                    Err((reason, detail)) => {
-                        let file = truth.uri_of(&truth.child(&rel));
-                        failure = Some(error_record(
-                            &entry,
-                            &uri,
-                            Stage::SupervisedLabel,
-                            if reason == "not_found" { "missing_label" } else { reason },
-                            format!("{file}: {detail}"),
-                        ));
-                        break;
-                    }
-                }
-            }
-            Some(match failure {
-                Some(f) => Err(f),
-                None => {
-                    let [a, b, c]: [Bytes; 3] = parts.try_into().expect("three parts");
-                    Ok([a, b, c])
-                }
-            })
-        }
-        _ => None,
-    };
+    let truth = if bytes.is_ok() { fetch_label_files(&entry, &uri, ds).await } else { None };
     Fetched { entry, uri, bytes, truth }
 }
 
