@@ -7,8 +7,29 @@
 //! [[dataset]]
 //! name = "pool"
 //! location = "../out/world/pool/images"
-//! supervised = { source = "world_truth", location = "../out/world/pool/truth", tasks = ["classification"] }
+//!
+//! [[dataset]]
+//! name = "labelled"
+//! location = "s3://bucket/photos"
+//! supervised = { classification = { csv = "labels.csv" }, detection = { coco = "instances.json" } }
 //! ```
+//! A dataset's `supervised` labels are read from the formats datasets already come with, so they need no
+//! conversion step; one entry per task, in any combination, and the teachers label only the other tasks:
+//! - `classification = { csv = "labels.csv" }`: lines `key,class` (class name or index), or
+//!   `classification = { folders = true }`: the class is the first folder of the key (ImageFolder layout);
+//! - `detection = { coco = "instances.json" }`: COCO boxes, `images[].file_name` = the key, categories
+//!   matched by name;
+//! - `segmentation = { masks = "../masks", extension = "png" }`: an 8-bit PNG per image at
+//!   `<masks>/<key without extension>.<extension>`, values = class ids, 255 = ignore;
+//! - `depth = { maps = "../depth", format = "png16", scale = 0.001 }`: metric depth per image at
+//!   `<maps>/<key without extension>.png` (16-bit, value × `scale` metres) or `.npy` (`format = "npy"`:
+//!   float32, float64 or uint16, value × `scale`, 1 by default).
+//!
+//! Class names map to the class list of the config's teacher of the same task, so supervised
+//! classification, detection and segmentation need that teacher. `labeler::labels` documents each format in
+//! full. Whole-dataset files (CSV, COCO) are read once when a shard starts; per-image files are fetched with
+//! the images, so mask and depth locations may be object-store URLs like image locations.
+//!
 //! Relative paths are resolved against the directory of the file that names them, so a config works
 //! from any working directory. Unknown keys are errors naming the file and the key.
 
@@ -21,23 +42,204 @@ use crate::decode::DecodeLimits;
 use crate::runtime::Provider;
 use crate::spec::{RawTeacher, Task, TeacherSpec, Thresholds};
 
-/// Where a dataset's supervised labels come from.
+/// A dataset's supervised labels, per task; at least one task.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SupervisedSource {
-    /// The synthetic world's sidecars: `<location>/<stem>.json`, `.seg.png`, `.depth.png` for image
-    /// `<stem>.<ext>`.
-    WorldTruth { location: String, tasks: Vec<Task> },
-    /// A CSV file `key,class_id` (header line optional) with one class label per image key.
-    ClassTable { file: String },
+#[serde(try_from = "toml::Table")]
+pub struct SupervisedLabels {
+    pub classification: Option<ClassLabels>,
+    pub detection: Option<BoxLabels>,
+    pub segmentation: Option<MaskLabels>,
+    pub depth: Option<DepthLabels>,
 }
 
-impl SupervisedSource {
-    /// Tasks this source labels.
-    pub fn tasks(&self) -> Vec<Task> {
+/// Where class labels come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ClassLabels {
+    /// `csv = "<file>"`: a `key,class` CSV file (path or URL).
+    Csv(String),
+    /// `folders = true`: the first folder of each key names its class.
+    Folders,
+}
+
+/// `detection = { coco = "<file>" }`: a COCO instances JSON file (path or URL).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxLabels {
+    pub coco: String,
+}
+
+/// `segmentation = { masks = "<location>", extension = "png" }`: one PNG mask per image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MaskLabels {
+    /// Store location holding the masks, mirroring the image keys.
+    pub masks: String,
+    /// Extension of the mask files, without the dot.
+    pub extension: String,
+}
+
+/// `depth = { maps = "<location>", format = "png16" | "npy", scale = … }`: one metric depth map per image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DepthLabels {
+    /// Store location holding the maps, mirroring the image keys.
+    pub maps: String,
+    pub format: DepthFormat,
+    /// Metres per stored unit.
+    pub scale: f32,
+}
+
+/// How depth maps are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthFormat {
+    /// 16-bit grayscale PNG (`.png`).
+    Png16,
+    /// NumPy array (`.npy`), float32, float64 or uint16.
+    Npy,
+}
+
+impl DepthFormat {
+    /// File extension of the maps, without the dot.
+    pub fn extension(self) -> &'static str {
         match self {
-            SupervisedSource::WorldTruth { tasks, .. } => tasks.clone(),
-            SupervisedSource::ClassTable { .. } => vec![Task::Classification],
+            DepthFormat::Png16 => "png",
+            DepthFormat::Npy => "npy",
+        }
+    }
+}
+
+/// `supervised` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervised {
+    classification: Option<RawClassLabels>,
+    detection: Option<BoxLabels>,
+    segmentation: Option<RawMaskLabels>,
+    depth: Option<RawDepthLabels>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClassLabels {
+    csv: Option<String>,
+    folders: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaskLabels {
+    masks: String,
+    extension: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDepthLabels {
+    maps: String,
+    format: DepthFormat,
+    scale: Option<f32>,
+}
+
+impl TryFrom<toml::Table> for SupervisedLabels {
+    type Error = String;
+
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        // The sources of earlier versions get a message naming their replacement.
+        if let Some(source) = table.get("source") {
+            return Err(match source.as_str() {
+                Some("class_table") => "`source = \"class_table\"` is replaced by \
+                    `supervised = { classification = { csv = \"<file>\" } }` (lines `key,class`)"
+                    .into(),
+                Some("world_truth") => "`source = \"world_truth\"` is gone: the world writes standard label files \
+                    (labels.csv, instances.json, seg/, depth/), read with `classification = { csv = … }`, \
+                    `detection = { coco = … }`, `segmentation = { masks = … }`, `depth = { maps = … }`; \
+                    see configs/demo-label.toml"
+                    .into(),
+                _ => "supervised labels are given per task (`classification`, `detection`, `segmentation`, \
+                    `depth`), not with `source`"
+                    .into(),
+            });
+        }
+        let raw: RawSupervised = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("supervised: {}", e.message()))?;
+        let classification = match raw.classification {
+            None => None,
+            Some(RawClassLabels { csv: Some(file), folders: None | Some(false) }) => Some(ClassLabels::Csv(file)),
+            Some(RawClassLabels { csv: None, folders: Some(true) }) => Some(ClassLabels::Folders),
+            Some(_) => {
+                return Err("supervised.classification: give either `csv = \"<file>\"` or `folders = true`".into())
+            }
+        };
+        let segmentation = match raw.segmentation {
+            None => None,
+            Some(RawMaskLabels { masks, extension }) => {
+                let extension = extension.as_deref().unwrap_or("png").trim_start_matches('.').to_owned();
+                if extension.is_empty() || extension.contains('/') {
+                    return Err(format!("supervised.segmentation.extension: {extension:?} is not a file extension"));
+                }
+                Some(MaskLabels { masks, extension })
+            }
+        };
+        let depth = match raw.depth {
+            None => None,
+            Some(RawDepthLabels { maps, format, scale }) => {
+                let scale = match (format, scale) {
+                    (_, Some(s)) => s,
+                    (DepthFormat::Npy, None) => 1.0,
+                    (DepthFormat::Png16, None) => {
+                        return Err("supervised.depth.scale: 16-bit PNG depth needs `scale`, the metres per unit \
+                                    (0.001 for millimetres)"
+                            .into())
+                    }
+                };
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Err(format!("supervised.depth.scale: {scale} is not a positive number of metres"));
+                }
+                Some(DepthLabels { maps, format, scale })
+            }
+        };
+        let labels = SupervisedLabels { classification, detection: raw.detection, segmentation, depth };
+        if labels.tasks().is_empty() {
+            return Err(
+                "supervised: name at least one of `classification`, `detection`, `segmentation`, `depth`".into()
+            );
+        }
+        Ok(labels)
+    }
+}
+
+impl SupervisedLabels {
+    /// Tasks these labels cover.
+    pub fn tasks(&self) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        if self.classification.is_some() {
+            tasks.push(Task::Classification);
+        }
+        if self.detection.is_some() {
+            tasks.push(Task::Detection);
+        }
+        if self.segmentation.is_some() {
+            tasks.push(Task::Segmentation);
+        }
+        if self.depth.is_some() {
+            tasks.push(Task::Depth);
+        }
+        tasks
+    }
+
+    /// Resolve every file and location against `base` (the config file's directory).
+    fn resolve(&mut self, base: &Path) {
+        if let Some(ClassLabels::Csv(file)) = &mut self.classification {
+            *file = resolve_location(file, base);
+        }
+        if let Some(d) = &mut self.detection {
+            d.coco = resolve_location(&d.coco, base);
+        }
+        if let Some(s) = &mut self.segmentation {
+            s.masks = resolve_location(&s.masks, base);
+        }
+        if let Some(d) = &mut self.depth {
+            d.maps = resolve_location(&d.maps, base);
         }
     }
 }
@@ -52,7 +254,7 @@ pub struct DatasetConfig {
     /// File extensions to include (lower case, without the dot).
     #[serde(default = "default_extensions")]
     pub extensions: Vec<String>,
-    pub supervised: Option<SupervisedSource>,
+    pub supervised: Option<SupervisedLabels>,
 }
 
 fn default_extensions() -> Vec<String> {
@@ -259,23 +461,14 @@ impl LabelConfig {
             }
             d.location = resolve_location(&d.location, &base);
             d.extensions = d.extensions.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect();
-            match &mut d.supervised {
-                Some(SupervisedSource::WorldTruth { location, tasks }) => {
-                    *location = resolve_location(location, &base);
-                    if tasks.is_empty() {
-                        return Err(invalid(
-                            &format!("dataset[{i}].supervised.tasks"),
-                            "list at least one task".into(),
-                        ));
-                    }
-                }
-                Some(SupervisedSource::ClassTable { file }) => *file = resolve_location(file, &base),
-                None => {}
+            if let Some(s) = &mut d.supervised {
+                s.resolve(&base);
             }
+            // Class names are mapped to the teacher's class list; depth has none.
             for task in d.supervised.as_ref().map(|s| s.tasks()).unwrap_or_default() {
-                if !tasks.contains(&task) {
+                if task != Task::Depth && !tasks.contains(&task) {
                     return Err(invalid(
-                        &format!("dataset[{i}].supervised"),
+                        &format!("dataset[{i}].supervised.{}", format!("{task:?}").to_lowercase()),
                         format!("{task:?} labels need a {task:?} teacher in the config to fix the class list"),
                     ));
                 }
@@ -356,5 +549,112 @@ mod tests {
         assert_eq!(cfg.lease_ttl(), std::time::Duration::from_secs(5));
         let err = LabelConfig::load(&write_config(dir.path(), "lease_seconds = 0"), None).unwrap_err().to_string();
         assert!(err.contains("label.toml") && err.contains("`run.lease_seconds`: must be at least 1"), "{err}");
+    }
+
+    fn workspace() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Load a config with one dataset whose `supervised` is `supervised`, written into `dir`.
+    fn load(dir: &Path, supervised: &str) -> Result<LabelConfig, ConfigError> {
+        let teachers = workspace().join("teachers/demo.toml");
+        let file = dir.join("run.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "teachers = [{:?}]\noutput = \"out\"\n\n[[dataset]]\nname = \"d\"\nlocation = \"images\"\n\
+                 supervised = {supervised}\n",
+                teachers.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        LabelConfig::load(&file, None)
+    }
+
+    #[test]
+    fn demo_configs_name_the_world_label_files() {
+        let cfg = LabelConfig::load(&workspace().join("configs/demo-label.toml"), None).unwrap();
+        let tasks: Vec<Vec<Task>> =
+            cfg.datasets.iter().map(|d| d.supervised.as_ref().map(|s| s.tasks()).unwrap_or_default()).collect();
+        use Task::*;
+        assert_eq!(tasks, [vec![Classification], vec![Detection], vec![Segmentation], vec![Depth], vec![]]);
+        let depth = cfg.datasets[3].supervised.as_ref().unwrap().depth.as_ref().unwrap();
+        assert!(depth.maps.ends_with("configs/../out/world/depth/depth"), "{}", depth.maps);
+        assert_eq!((depth.format, depth.scale), (DepthFormat::Png16, 0.001));
+        let eval = LabelConfig::load(&workspace().join("configs/demo-eval-label.toml"), None).unwrap();
+        let s = eval.datasets[0].supervised.as_ref().unwrap();
+        assert_eq!(s.tasks(), [Classification, Detection, Segmentation, Depth]);
+        assert!(matches!(&s.classification, Some(ClassLabels::Csv(f)) if f.ends_with("out/world/eval/labels.csv")));
+        assert_eq!(s.segmentation.as_ref().unwrap().extension, "png");
+    }
+
+    #[test]
+    fn paths_resolve_against_the_config_and_urls_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(
+            dir.path(),
+            "{ classification = { folders = true }, detection = { coco = \"s3://b/instances.json\" }, \
+             segmentation = { masks = \"masks\", extension = \".PNG\" }, depth = { maps = \"d\", format = \"npy\" } }",
+        )
+        .unwrap();
+        let s = cfg.datasets[0].supervised.as_ref().unwrap();
+        assert_eq!(s.classification, Some(ClassLabels::Folders));
+        assert_eq!(s.detection.as_ref().unwrap().coco, "s3://b/instances.json");
+        let masks = s.segmentation.as_ref().unwrap();
+        assert_eq!(
+            (masks.masks.as_str(), masks.extension.as_str()),
+            (dir.path().join("masks").to_str().unwrap(), "PNG")
+        );
+        let depth = s.depth.as_ref().unwrap();
+        assert_eq!((depth.format, depth.scale), (DepthFormat::Npy, 1.0), "npy depth is in metres by default");
+    }
+
+    #[test]
+    fn bad_supervised_tables_are_errors_naming_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        for (supervised, wants) in [
+            ("{ source = \"class_table\", file = \"labels.csv\" }", "classification = { csv = "),
+            ("{ source = \"world_truth\", location = \"t\", tasks = [\"depth\"] }", "depth = { maps = "),
+            ("{ classification = { csv = \"a.csv\", folders = true } }", "either `csv"),
+            ("{ classification = { folders = false } }", "either `csv"),
+            ("{ depth = { maps = \"d\", format = \"png16\" } }", "supervised.depth.scale"),
+            ("{ depth = { maps = \"d\", format = \"png16\", scale = -1.0 } }", "-1 is not a positive"),
+            ("{ depth = { maps = \"d\", format = \"exr\", scale = 1.0 } }", "exr"),
+            ("{ detection = { coco = \"i.json\", boxes = \"xywh\" } }", "unknown field `boxes`"),
+            ("{ segmentation = { masks = \"m\", extension = \"\" } }", "not a file extension"),
+            ("{ captions = { csv = \"c.csv\" } }", "unknown field `captions`"),
+            ("{}", "at least one"),
+        ] {
+            let err = load(dir.path(), supervised).unwrap_err().to_string();
+            assert!(err.contains("run.toml") && err.contains(wants), "{supervised}: {err}");
+        }
+    }
+
+    #[test]
+    fn class_labels_need_the_teacher_of_their_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let teachers = dir.path().join("t.toml");
+        let model = workspace().join("tools/teachers/onnx/depth.onnx");
+        std::fs::write(
+            &teachers,
+            format!("[[teacher]]\nname = \"d\"\nmodel = {:?}\npreset = \"midas-small\"\n", model.to_str().unwrap()),
+        )
+        .unwrap();
+        let file = dir.path().join("run.toml");
+        let write = |supervised: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "teachers = [\"t.toml\"]\noutput = \"out\"\n[[dataset]]\nname = \"d\"\nlocation = \"i\"\n\
+                     supervised = {supervised}\n"
+                ),
+            )
+            .unwrap();
+        };
+        write("{ segmentation = { masks = \"m\" } }");
+        let err = LabelConfig::load(&file, None).unwrap_err().to_string();
+        assert!(err.contains("dataset[0].supervised.segmentation") && err.contains("Segmentation teacher"), "{err}");
+        write("{ depth = { maps = \"m\", format = \"npy\" } }");
+        LabelConfig::load(&file, None).unwrap();
     }
 }

@@ -138,33 +138,43 @@ fn pseudo_labels_agree_with_ground_truth() {
     assert!(delta >= 0.85, "depth delta<1.25 {delta}");
 }
 
+/// The supervised sources of each labelled split of the world, in the formats the world writes.
+fn world_supervised(world: &Path, split: &str) -> String {
+    let at = |part: &str| world.join(split).join(part).to_string_lossy().into_owned();
+    match split {
+        "cls" => format!("{{ classification = {{ csv = {:?} }} }}", at("labels.csv")),
+        "det" => format!("{{ detection = {{ coco = {:?} }} }}", at("instances.json")),
+        "seg" => format!("{{ segmentation = {{ masks = {:?}, extension = \"png\" }} }}", at("seg")),
+        _ => format!("{{ depth = {{ maps = {:?}, format = \"png16\", scale = 0.001 }} }}", at("depth")),
+    }
+}
+
 #[test]
 fn supervised_labels_are_kept_and_teachers_fill_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let world = small_world(SEED, counts(16));
     let output = dir.path().join("out").to_string_lossy().into_owned();
-    let sup = |split: &str, task: &str| {
-        Some(format!(
-            "{{ source = \"world_truth\", location = {:?}, tasks = [\"{task}\"] }}",
-            world.join(split).join("truth").to_str().unwrap()
-        ))
-    };
-    let datasets = [
-        ("cls", world.join("cls/images").to_string_lossy().into_owned(), sup("cls", "classification")),
-        ("seg", world.join("seg/images").to_string_lossy().into_owned(), sup("seg", "segmentation")),
-        ("depth", world.join("depth/images").to_string_lossy().into_owned(), sup("depth", "depth")),
-    ];
+    let datasets: Vec<_> = ["cls", "det", "seg", "depth"]
+        .into_iter()
+        .map(|split| {
+            let images = world.join(split).join("images").to_string_lossy().into_owned();
+            (split, images, Some(world_supervised(&world, split)))
+        })
+        .collect();
     let file = write_config(dir.path(), &output, &datasets, "");
     let cfg = LabelConfig::load(&file, None).unwrap();
     plan_and_run(&cfg, 0, 1, "a");
+    assert!(read_errors(&output).is_empty(), "{:?}", read_errors(&output));
     let records = read_records(&output);
-    assert_eq!(records.len(), 24);
+    assert_eq!(records.len(), 32);
     let world_cfg = WorldConfig::try_new(SEED, 96, 96).unwrap();
+    let mut boxes = 0;
     for rec in &records {
         let split: Split = rec.dataset.parse().unwrap();
         let scene = world::render(&world_cfg, split, index_of(&rec.key));
         let supervised = match split {
             Split::Cls => schemas::Task::Cls,
+            Split::Det => schemas::Task::Det,
             Split::Seg => schemas::Task::Seg,
             _ => schemas::Task::Depth,
         };
@@ -178,6 +188,19 @@ fn supervised_labels_are_kept_and_teachers_fill_the_rest() {
                 assert_eq!(probs[scene.scene_class as usize], 1.0);
                 assert_eq!(probs.iter().sum::<f32>(), 1.0);
             }
+            Split::Det => {
+                // COCO pixel boxes back to fractions: equal up to rounding.
+                let got = &rec.det.as_ref().unwrap().boxes;
+                assert_eq!(got.len(), scene.boxes.len(), "{}", rec.key);
+                for (g, t) in got.iter().zip(&scene.boxes) {
+                    assert_eq!(g.class_id, t.class_id as u16);
+                    assert_eq!(g.score, 1.0);
+                    for (a, b) in [(g.x0, t.x0), (g.y0, t.y0), (g.x1, t.x1), (g.y1, t.y1)] {
+                        assert!((a - b).abs() < 1e-4, "{} box {g:?} vs {t:?}", rec.key);
+                    }
+                }
+                boxes += got.len();
+            }
             Split::Seg => assert_eq!(rec.seg.as_ref().unwrap().mask, scene.seg),
             _ => {
                 let d = rec.depth.as_ref().unwrap();
@@ -187,6 +210,139 @@ fn supervised_labels_are_kept_and_teachers_fill_the_rest() {
                 }
             }
         }
+    }
+    assert!(boxes > 0, "the det split has boxes");
+}
+
+/// A `.npy` file of little-endian float32 values with shape `(height, width)`.
+fn npy_f32(values: &[f32], width: u32, height: u32) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({height}, {width}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+#[test]
+fn class_folders_masks_and_npy_depth_with_each_bad_label_in_an_error_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = small_world(SEED, counts(16));
+    let world_cfg = WorldConfig::try_new(SEED, 96, 96).unwrap();
+    let (images, masks, depth) = (dir.path().join("images"), dir.path().join("masks"), dir.path().join("depth"));
+    // The seg split in the ImageFolder layout, `<scene class>/<id>.jpg`, with masks and depth maps mirroring
+    // the keys. Image 1 has no mask, image 2's mask has another size, image 3 is in a folder that is no
+    // class, image 4 is in no folder.
+    let mut index_of_key = BTreeMap::new();
+    let mut bad = BTreeMap::new();
+    for index in 0..8u64 {
+        let scene = world::render(&world_cfg, Split::Seg, index);
+        let folder = match index {
+            3 => "mystery/".to_owned(),
+            4 => String::new(),
+            _ => format!("{}/", world::SCENE_CLASSES[scene.scene_class as usize]),
+        };
+        let key = format!("{folder}{}", world::image_name(index));
+        let stem = format!("{folder}{index:06}");
+        for d in [&images, &masks, &depth] {
+            std::fs::create_dir_all(d.join(&folder)).unwrap();
+        }
+        std::fs::copy(world.join(world::image_path(Split::Seg, index)), images.join(&key)).unwrap();
+        let mask = masks.join(format!("{stem}.png"));
+        match index {
+            1 => {}
+            2 => image::GrayImage::new(48, 96).save(&mask).unwrap(),
+            _ => {
+                std::fs::copy(world.join(world::seg_path(Split::Seg, index)), &mask).unwrap();
+            }
+        }
+        std::fs::write(depth.join(format!("{stem}.npy")), npy_f32(&scene.depth, 96, 96)).unwrap();
+        match index {
+            1 => bad.insert(key.clone(), ("missing_label", mask)),
+            2 => bad.insert(key.clone(), ("invalid_label", mask)),
+            3 => bad.insert(key.clone(), ("invalid_label", images.join("mystery"))),
+            4 => bad.insert(key.clone(), ("missing_label", images.join(&key))),
+            _ => None,
+        };
+        index_of_key.insert(key, index);
+    }
+    let supervised = format!(
+        "{{ classification = {{ folders = true }}, segmentation = {{ masks = {:?} }}, \
+         depth = {{ maps = {:?}, format = \"npy\" }} }}",
+        masks.to_str().unwrap(),
+        depth.to_str().unwrap()
+    );
+    let output = dir.path().join("out").to_string_lossy().into_owned();
+    let datasets = [("folders", images.to_string_lossy().into_owned(), Some(supervised))];
+    let cfg = LabelConfig::load(&write_config(dir.path(), &output, &datasets, ""), None).unwrap();
+    plan_and_run(&cfg, 0, 1, "a");
+
+    let errors: BTreeMap<String, schemas::ErrorRecord> =
+        read_errors(&output).into_iter().map(|e| (e.key.clone(), e)).collect();
+    assert_eq!(errors.keys().collect::<Vec<_>>(), bad.keys().collect::<Vec<_>>(), "{errors:?}");
+    for (key, (reason, file)) in &bad {
+        let e = &errors[key];
+        assert_eq!((e.stage, e.reason.as_str()), (schemas::Stage::SupervisedLabel, *reason), "{e:?}");
+        let file = file.to_string_lossy();
+        assert!(e.detail.contains(file.as_ref()) && e.detail.contains(key.as_str()), "{e:?} should name {file}");
+    }
+    let records = read_records(&output);
+    assert_eq!(records.len(), 4);
+    for rec in &records {
+        let scene = world::render(&world_cfg, Split::Seg, index_of_key[&rec.key]);
+        assert_eq!(rec.origin(schemas::Task::Cls), schemas::Origin::Supervised);
+        assert_eq!(rec.origin(schemas::Task::Det), schemas::Origin::Pseudo);
+        assert_eq!(rec.cls.as_ref().unwrap().probs[scene.scene_class as usize], 1.0);
+        assert_eq!(rec.seg.as_ref().unwrap().mask, scene.seg);
+        let d = rec.depth.as_ref().unwrap();
+        assert_eq!((d.kind, d.source.clone()), (schemas::DepthKind::Metric, schemas::LabelSource::Supervised));
+        // Exact in the .npy; the record's 16-bit quantisation is within range / 131070.
+        for (a, b) in d.values.iter().zip(&scene.depth) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn a_broken_csv_or_coco_file_stops_the_shard_naming_the_file_and_line_or_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = small_world(SEED, counts(16));
+    let csv = dir.path().join("labels.csv");
+    std::fs::write(&csv, "key,class\n000000.jpg,meadow\n000001.jpg,volcano\n").unwrap();
+    let coco = dir.path().join("instances.json");
+    // Every category renamed: the det split's boxes use some of them.
+    let text =
+        std::fs::read_to_string(world.join("det/instances.json")).unwrap().replace("\"name\":\"", "\"name\":\"toy ");
+    std::fs::write(&coco, text).unwrap();
+    for (name, supervised, wants) in [
+        (
+            "csv",
+            format!("{{ classification = {{ csv = {:?} }} }}", csv.to_str().unwrap()),
+            vec!["line 3", "\"volcano\""],
+        ),
+        (
+            "coco",
+            format!("{{ detection = {{ coco = {:?} }} }}", coco.to_str().unwrap()),
+            vec!["category \"toy ", "not one of the detection teacher's"],
+        ),
+    ] {
+        let run_dir = dir.path().join(name);
+        let output = run_dir.join("out").to_string_lossy().into_owned();
+        let images = world.join(if name == "csv" { "cls/images" } else { "det/images" });
+        let datasets = [(name, images.to_string_lossy().into_owned(), Some(supervised))];
+        let cfg = LabelConfig::load(&write_config(&run_dir, &output, &datasets, ""), None).unwrap();
+        pipeline::plan(&cfg).unwrap();
+        let err = pipeline::run_shard(&cfg, ShardId { index: 0, count: 1 }, "a", &NoProgress).unwrap_err().to_string();
+        let file = if name == "csv" { &csv } else { &coco };
+        assert!(err.contains(file.to_str().unwrap()), "{err}");
+        for w in wants {
+            assert!(err.contains(w), "{err} lacks {w}");
+        }
+        assert!(read_records(&output).is_empty());
     }
 }
 

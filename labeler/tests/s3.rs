@@ -1,7 +1,8 @@
 //! The labeler against a real S3-compatible server on loopback: moto's server from the project venv
 //! (`make setup`), started and stopped by this test. Images are read from a bucket, shards are written
 //! to a bucket with S3 conditional puts (If-None-Match), a re-run is a no-op, and the janitor deletes a
-//! dead attempt's files but neither a live attempt's nor committed ones.
+//! dead attempt's files but neither a live attempt's nor committed ones. Supervised labels come from the
+//! bucket too: a class CSV read at the start and a PNG mask per image fetched with the image.
 
 mod common;
 
@@ -26,8 +27,23 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
         let key = format!("photos/{}", path.file_name().unwrap().to_str().unwrap());
         rt.block_on(images.put(&ObjPath::from(key), PutPayload::from(std::fs::read(&path).unwrap()))).unwrap();
     }
+    let mut uploads = vec![("labels.csv".to_owned(), world.join("pool/labels.csv"))];
+    for entry in std::fs::read_dir(world.join("pool/seg")).unwrap() {
+        let path = entry.unwrap().path();
+        uploads.push((format!("masks/{}", path.file_name().unwrap().to_str().unwrap()), path));
+    }
+    for (key, path) in uploads {
+        rt.block_on(images.put(&ObjPath::from(key), PutPayload::from(std::fs::read(&path).unwrap()))).unwrap();
+    }
+    let supervised =
+        "{ classification = { csv = \"s3://images/labels.csv\" }, segmentation = { masks = \"s3://images/masks\" } }";
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "s3://shards/run1", &[("pool", "s3://images/photos".into(), None)], "");
+    let config = write_config(
+        dir.path(),
+        "s3://shards/run1",
+        &[("pool", "s3://images/photos".into(), Some(supervised.to_owned()))],
+        "",
+    );
     let bin = env!("CARGO_BIN_EXE_labeler");
     let run = |args: &[&str]| {
         let out = Command::new(bin).args(args).envs(s3_env(port)).env("MUST_LOG", "warn").output().unwrap();
@@ -57,7 +73,10 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
         for f in m.files.iter().filter(|f| f.kind == "records") {
             for batch in rt.block_on(shards::read_all(&loc, &f.path, f.bytes, &[])).unwrap() {
                 let recs = schemas::batch_to_records(&batch).unwrap();
-                assert!(recs.iter().all(|r| r.source_uri.starts_with("s3://images/photos/") && r.cls.is_some()));
+                assert!(recs.iter().all(|r| r.source_uri.starts_with("s3://images/photos/")
+                    && r.origin(schemas::Task::Cls) == schemas::Origin::Supervised
+                    && r.origin(schemas::Task::Seg) == schemas::Origin::Supervised
+                    && r.origin(schemas::Task::Det) == schemas::Origin::Pseudo));
                 rows += recs.len();
             }
         }

@@ -52,13 +52,27 @@ fn a_student_trained_on_committed_pseudo_labels_beats_trivial_baselines() {
     let shards_out = dir.path().join("shards");
     let eval_out = dir.path().join("eval-shards");
 
+    // Each labelled split's truth in the formats the world writes: a class CSV, COCO boxes, PNG masks and
+    // 16-bit depth PNGs in millimetres.
+    let supervised = |split: &str, tasks: &[&str]| {
+        let entries: Vec<String> = tasks
+            .iter()
+            .map(|task| match *task {
+                "classification" => format!("classification = {{ csv = {:?} }}", w(split, "labels.csv")),
+                "detection" => format!("detection = {{ coco = {:?} }}", w(split, "instances.json")),
+                "segmentation" => format!("segmentation = {{ masks = {:?} }}", w(split, "seg")),
+                _ => format!("depth = {{ maps = {:?}, format = \"png16\", scale = 0.001 }}", w(split, "depth")),
+            })
+            .collect();
+        format!("{{ {} }}", entries.join(", "))
+    };
     let mut train_cfg = format!("teachers = [{teachers:?}]\noutput = {:?}\n[run]\nrow_group_rows = 64\n", shards_out);
     for (split, task) in [("cls", "classification"), ("det", "detection"), ("seg", "segmentation"), ("depth", "depth")]
     {
         train_cfg.push_str(&format!(
-            "[[dataset]]\nname = {split:?}\nlocation = {:?}\nsupervised = {{ source = \"world_truth\", location = {:?}, tasks = [{task:?}] }}\n",
+            "[[dataset]]\nname = {split:?}\nlocation = {:?}\nsupervised = {}\n",
             w(split, "images"),
-            w(split, "truth")
+            supervised(split, &[task])
         ));
     }
     train_cfg.push_str(&format!("[[dataset]]\nname = \"pool\"\nlocation = {:?}\n", w("pool", "images")));
@@ -66,11 +80,10 @@ fn a_student_trained_on_committed_pseudo_labels_beats_trivial_baselines() {
     assert_eq!(labelled, 880);
 
     let eval_cfg = format!(
-        "teachers = [{teachers:?}]\noutput = {:?}\n[[dataset]]\nname = \"eval\"\nlocation = {:?}\n\
-         supervised = {{ source = \"world_truth\", location = {:?}, tasks = [\"classification\", \"detection\", \"segmentation\", \"depth\"] }}\n",
+        "teachers = [{teachers:?}]\noutput = {:?}\n[[dataset]]\nname = \"eval\"\nlocation = {:?}\nsupervised = {}\n",
         eval_out,
         w("eval", "images"),
-        w("eval", "truth")
+        supervised("eval", &["classification", "detection", "segmentation", "depth"])
     );
     assert_eq!(label(dir.path(), "eval", &eval_cfg, 1), 60);
 

@@ -153,13 +153,13 @@ def load_split(world: World, name: str, want: set) -> Split:
                 ).reshape(-1, 5)
                 boxes.append(b)
         if seg is not None:
-            with Image.open(truth_dir / f"{sid}.seg.png") as im:
+            with Image.open(world.root / name / "seg" / f"{sid}.png") as im:
                 arr = np.asarray(im)
                 if arr.ndim == 3:
                     arr = arr[..., 0]
                 seg[i] = arr
         if depth is not None:
-            with Image.open(truth_dir / f"{sid}.depth.png") as im:
+            with Image.open(world.root / name / "depth" / f"{sid}.png") as im:
                 arr = np.asarray(im).astype(np.float32)
                 if arr.ndim == 3:
                     arr = arr[..., 0]

@@ -142,6 +142,8 @@ pub struct EncodedScene {
     pub truth_json: Vec<u8>,
     pub seg_png: Vec<u8>,
     pub depth_png: Vec<u8>,
+    /// What the truth JSON holds, for the split-wide label files (class CSV, COCO boxes).
+    pub record: TruthRecord,
 }
 
 impl EncodedScene {
@@ -168,14 +170,16 @@ pub fn encode_scene(scene: &Scene, index: u64) -> Result<EncodedScene, WorldErro
         ImageKind::Png => scene.image.write_with_encoder(png_encoder(&mut image_bytes)),
     };
     written.map_err(|source| WorldError::Encode { what: format!("image {id}.{}", kind.extension()), source })?;
-    let truth_json = serde_json::to_vec(&scene.record())
-        .map_err(|source| WorldError::Json { what: format!("truth {id}.json"), source })?;
+    let record = scene.record();
+    let truth_json =
+        serde_json::to_vec(&record).map_err(|source| WorldError::Json { what: format!("truth {id}.json"), source })?;
     Ok(EncodedScene {
         image_kind: kind,
         image: image_bytes,
         truth_json,
         seg_png: encode_seg_png(&scene.seg, scene.width(), scene.height())?,
         depth_png: encode_depth_png(&scene.depth, scene.width(), scene.height(), DEPTH_PNG_SCALE as f32)?,
+        record,
     })
 }
 

@@ -7,8 +7,9 @@
 //! arguments, so every test, teacher and student sees the same world from a seed alone.
 //!
 //! [`write_store`] writes splits of scenes to any `object_store` location in the layout documented in
-//! the `store` module, which other crates and the Python teacher script read; [`read_manifest`],
-//! [`read_truth`] and [`decode_truth`] read it back.
+//! the `store` module: images, and labels in standard formats (class CSV, COCO boxes, PNG masks, 16-bit
+//! depth PNGs) that the labeler reads like any user's, plus the world's own truth records.
+//! [`read_manifest`], [`read_truth`] and [`decode_truth`] read it back.
 //!
 //! ```
 //! use world::{render, Split, WorldConfig, SEG_CLASSES};
@@ -24,6 +25,7 @@ mod camera;
 mod codec;
 mod config;
 mod error;
+mod labels;
 mod preview;
 mod render;
 mod store;
@@ -38,9 +40,11 @@ pub use config::{
     SCENE_CLASSES, SEG_CLASSES, SEG_FIRST_OBJECT, SEG_GROUND, SEG_SKY, TASKS,
 };
 pub use error::WorldError;
+pub use labels::{encode_class_csv, encode_coco};
 pub use preview::{preview, SEG_PALETTE};
 pub use render::{render, GtBox, Scene, MAX_OBJECTS, MIN_BOX_PIXELS, MIN_VISIBLE_FRACTION};
 pub use store::{
-    depth_path, image_path, read_image, read_manifest, read_truth, seg_path, truth_path, write_store, SplitInfo,
-    SplitSummary, SplitTable, WorldManifest, WriteSummary, MANIFEST_FILE, STORE_VERSION,
+    class_csv_path, coco_path, depth_path, image_name, image_path, read_image, read_manifest, read_truth, seg_path,
+    truth_path, write_store, SplitInfo, SplitSummary, SplitTable, WorldManifest, WriteSummary, MANIFEST_FILE,
+    STORE_VERSION,
 };

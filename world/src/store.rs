@@ -1,13 +1,18 @@
 //! The layout of a world store, and writing and reading it through any `object_store`.
 //!
 //! ```text
-//! <root>/world.json                  WorldManifest: seed, size, class lists, depth encoding, split sizes
-//! <root>/<split>/images/<id>.jpg     id = six-digit index; index % 4 == 3 is .png instead
-//! <root>/<split>/truth/<id>.json     TruthRecord: scene class, size, intrinsics, boxes
-//! <root>/<split>/truth/<id>.seg.png  8-bit gray, seg class per pixel
-//! <root>/<split>/truth/<id>.depth.png 16-bit gray, round(depth_m * depth_png_scale) clamped to 65535
+//! <root>/world.json                    WorldManifest: seed, size, class lists, depth encoding, split sizes
+//! <root>/<split>/images/<id>.jpg       id = six-digit index; index % 4 == 3 is .png instead
+//! <root>/<split>/labels.csv            `key,class`: image file name, scene class name (header line first)
+//! <root>/<split>/instances.json        COCO instances: images by file name, boxes in pixels, object classes
+//! <root>/<split>/seg/<id>.png          8-bit gray, seg class per pixel
+//! <root>/<split>/depth/<id>.png        16-bit gray, round(depth_m * depth_png_scale) clamped to 65535
+//! <root>/<split>/truth/<id>.json       TruthRecord: scene class, size, intrinsics, boxes (normalised)
 //! ```
 //!
+//! The labels are in the formats people keep labels in (a class CSV, COCO JSON, PNG masks and 16-bit
+//! depth PNGs; a labeler reads depth with `scale = 1 / depth_png_scale` metres per unit), so the demo labels
+//! the world the way users label their own images; `truth/` keeps what only the world knows (the camera).
 //! Other crates and the Python teacher script read exactly this layout, so it only changes with
 //! `version`. Every split has full truth; `labelled_tasks` says which of it a split may be *trained*
 //! on (pool and eval truth exist for measuring). `world.json` is written last, so a store without it
@@ -27,13 +32,14 @@ use crate::codec::{decode_truth, encode_scene, EncodedScene, ImageKind, Truth};
 use crate::config::{
     Split, SplitCounts, WorldConfig, DEPTH_PNG_SCALE, MAX_DEPTH, OBJECT_CLASSES, SCENE_CLASSES, SEG_CLASSES,
 };
-use crate::render::render;
+use crate::labels::{encode_class_csv, encode_coco};
+use crate::render::{render, GtBox};
 use crate::WorldError;
 
 /// Name of the manifest at the root of a store.
 pub const MANIFEST_FILE: &str = "world.json";
-/// Layout version written into `world.json`.
-pub const STORE_VERSION: u32 = 1;
+/// Layout version written into `world.json` (2: labels in standard formats instead of sidecars).
+pub const STORE_VERSION: u32 = 2;
 
 /// Scenes rendered per rayon batch; two batches are in flight ahead of the writer.
 const BATCH: u64 = 64;
@@ -136,9 +142,14 @@ impl WorldManifest {
     }
 }
 
+/// `<id>.jpg|png`: the image's file name, its key under `<split>/images`.
+pub fn image_name(index: u64) -> String {
+    format!("{index:06}.{}", ImageKind::of_index(index).extension())
+}
+
 /// `<split>/images/<id>.jpg|png`, relative to the store root.
 pub fn image_path(split: Split, index: u64) -> String {
-    format!("{split}/images/{index:06}.{}", ImageKind::of_index(index).extension())
+    format!("{split}/images/{}", image_name(index))
 }
 
 /// `<split>/truth/<id>.json`.
@@ -146,14 +157,24 @@ pub fn truth_path(split: Split, index: u64) -> String {
     format!("{split}/truth/{index:06}.json")
 }
 
-/// `<split>/truth/<id>.seg.png`.
+/// `<split>/seg/<id>.png`.
 pub fn seg_path(split: Split, index: u64) -> String {
-    format!("{split}/truth/{index:06}.seg.png")
+    format!("{split}/seg/{index:06}.png")
 }
 
-/// `<split>/truth/<id>.depth.png`.
+/// `<split>/depth/<id>.png`.
 pub fn depth_path(split: Split, index: u64) -> String {
-    format!("{split}/truth/{index:06}.depth.png")
+    format!("{split}/depth/{index:06}.png")
+}
+
+/// `<split>/labels.csv`: the scene class of every image.
+pub fn class_csv_path(split: Split) -> String {
+    format!("{split}/labels.csv")
+}
+
+/// `<split>/instances.json`: the boxes of every image, COCO style.
+pub fn coco_path(split: Split) -> String {
+    format!("{split}/instances.json")
 }
 
 /// What writing one split took.
@@ -230,12 +251,15 @@ async fn write_split(cfg: WorldConfig, loc: &Location, split: Split, count: u64)
 
     let mut images = 0u64;
     let mut image_bytes = 0u64;
+    // Scene class and boxes of every scene, in index order, for the split-wide label files.
+    let mut labels: Vec<(u64, u8, Vec<GtBox>)> = Vec::with_capacity(count as usize);
     let files = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (batch, rx)) })
         .map_ok(|batch| {
             let mut files: Vec<Result<(String, Vec<u8>), WorldError>> = Vec::with_capacity(batch.len() * 4);
             for (index, enc) in batch {
                 images += 1;
                 image_bytes += enc.image.len() as u64;
+                labels.push((index, enc.record.scene_class, enc.record.boxes));
                 files.push(Ok((image_path(split, index), enc.image)));
                 files.push(Ok((truth_path(split, index), enc.truth_json)));
                 files.push(Ok((seg_path(split, index), enc.seg_png)));
@@ -259,6 +283,14 @@ async fn write_split(cfg: WorldConfig, loc: &Location, split: Split, count: u64)
             reason: format!("{images} of {count} scenes arrived"),
         });
     }
+    let names: Vec<String> = labels.iter().map(|(index, _, _)| image_name(*index)).collect();
+    let csv = encode_class_csv(names.iter().zip(&labels).map(|(name, (_, class, _))| (name.as_str(), *class)));
+    let coco = encode_coco(
+        cfg.width(),
+        cfg.height(),
+        names.iter().zip(&labels).map(|(name, (index, _, boxes))| (*index, name.as_str(), boxes.as_slice())),
+    )?;
+    let bytes = bytes + put(loc, class_csv_path(split), csv).await? + put(loc, coco_path(split), coco).await?;
     Ok(SplitSummary { split, images, bytes, image_bytes, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -370,8 +402,20 @@ mod tests {
         assert_eq!(on_disk, 5);
         assert!(dir.path().join("det/images/000003.png").is_file());
         assert!(dir.path().join("det/images/000002.jpg").is_file());
-        assert!(dir.path().join("seg/truth/000000.depth.png").is_file());
+        assert!(dir.path().join("seg/depth/000000.png").is_file());
         assert!(dir.path().join("world.json").is_file());
+        // The split-wide label files list every image by its file name.
+        let csv = std::fs::read_to_string(dir.path().join("det/labels.csv")).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 1 + 4, "{csv}");
+        let class = render(&cfg, Split::Det, 3).scene_class as usize;
+        assert_eq!(lines[4], format!("000003.png,{}", SCENE_CLASSES[class]));
+        let coco: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("det/instances.json")).unwrap()).unwrap();
+        assert_eq!(coco["images"].as_array().unwrap().len(), 4);
+        assert_eq!(coco["images"][3]["file_name"], "000003.png");
+        let boxes: usize = (0..4).map(|i| render(&cfg, Split::Det, i).boxes.len()).sum();
+        assert_eq!(coco["annotations"].as_array().unwrap().len(), boxes);
     }
 
     #[tokio::test]
@@ -385,7 +429,7 @@ mod tests {
         write_store(&other, &c, &counts).await.unwrap();
 
         let (fa, fb, fc) = (all_files(&a).await, all_files(&b).await, all_files(&c).await);
-        assert_eq!(fa.len(), 6 * 4 * 4 + 1);
+        assert_eq!(fa.len(), 6 * 4 * 4 + 6 * 2 + 1, "four files per scene, two per split, world.json");
         assert_eq!(fa, fb);
         let differing = fa.iter().filter(|(k, v)| fc.get(*k) != Some(v)).count();
         assert!(differing > fa.len() * 3 / 4, "only {differing} files differ between seeds");

@@ -16,7 +16,7 @@ use super::supervised::{supervised_labels, DatasetCtx};
 use super::{Chunk, StageClock};
 use crate::config::LabelConfig;
 use crate::decode::{self, DecodeLimits};
-use crate::spec::{Task, TeacherSpec};
+use crate::spec::TeacherSpec;
 use crate::teacher::TeacherInput;
 
 /// The smallest image side every teacher's largest input still needs, so a JPEG may be decoded at reduced
@@ -57,7 +57,6 @@ pub(super) fn decode_stage(
     settings: &DecodeSettings,
     specs: &[TeacherSpec],
     datasets: &HashMap<String, DatasetCtx>,
-    class_counts: &HashMap<Task, usize>,
     clocks: &BTreeMap<&'static str, StageClock>,
 ) -> u64 {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("decode thread pool");
@@ -73,7 +72,7 @@ pub(super) fn decode_stage(
                 .into_par_iter()
                 .enumerate()
                 .map_init(Resizer::new, |resizer, (i, f)| {
-                    decode_one(f, first + i as u64, settings, specs, resizer, datasets, class_counts)
+                    decode_one(f, first + i as u64, settings, specs, resizer, datasets)
                 })
                 .collect()
         });
@@ -94,7 +93,6 @@ pub(super) fn decode_one(
     specs: &[TeacherSpec],
     resizer: &mut Resizer,
     datasets: &HashMap<String, DatasetCtx>,
-    class_counts: &HashMap<Task, usize>,
 ) -> Decoded {
     let Fetched { entry, uri, bytes, truth } = f;
     let outcome = (|| {
@@ -108,12 +106,12 @@ pub(super) fn decode_one(
             ImageRecord::new(entry.key.clone(), entry.dataset.clone(), uri.clone(), decoded.width, decoded.height);
         rec.image_format = Some(decoded.format.to_owned());
         if let Some(ctx) = datasets.get(&entry.dataset).and_then(|d| d.supervised.as_ref()) {
-            let truth = match &truth {
+            let files = match &truth {
                 Some(Err(e)) => return Err(e.clone()),
-                Some(Ok(t)) => Some(t),
+                Some(Ok(files)) => Some(files),
                 None => None,
             };
-            supervised_labels(&mut rec, &entry, &uri, ctx, truth, class_counts)?;
+            supervised_labels(&mut rec, &entry, &uri, ctx, files)?;
         }
         if settings.store_images {
             rec.image = Some(bytes.to_vec());

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::fault::{self, Fault, FaultStage};
 use super::records::error_record;
-use super::supervised::{DatasetCtx, SupervisedCtx};
+use super::supervised::{fetch_label_files, DatasetCtx, FetchedLabels};
 use super::{Chunk, PipelineError, StageClock};
 
 /// One fetched input.
@@ -26,7 +26,7 @@ pub(super) struct Fetched {
     pub(super) entry: InputEntry,
     pub(super) uri: String,
     pub(super) bytes: Result<Bytes, ErrorRecord>,
-    pub(super) truth: Option<Result<[Bytes; 3], ErrorRecord>>,
+    pub(super) truth: FetchedLabels,
 }
 
 /// Why an object could not be read.
@@ -44,6 +44,13 @@ pub(super) struct Retry {
     pub(super) attempts: u32,
     pub(super) backoff: Duration,
     pub(super) max_backoff: Duration,
+}
+
+impl Default for Retry {
+    /// The `[run]` defaults, for reads made before the run settings apply (whole label files at start).
+    fn default() -> Self {
+        Retry { attempts: 6, backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(12) }
+    }
 }
 
 /// Whether a failed read is the object's own fault. Only a missing object is: everything else the store
@@ -116,39 +123,7 @@ pub(super) async fn fetch_one(
             Err(ReadError::Store(e)) => return Err(e),
         }
     };
-    let truth = match &ds.supervised {
-        Some(SupervisedCtx::World { truth, .. }) if bytes.is_ok() => {
-            let stem = entry.key.rsplit_once('.').map(|(s, _)| s).unwrap_or(&entry.key).to_owned();
-            let mut parts = Vec::with_capacity(3);
-            let mut failure = None;
-            for suffix in [".json", ".seg.png", ".depth.png"] {
-                let rel = format!("{stem}{suffix}");
-                match get_bytes(truth, &rel, 64 << 20, retry).await {
-                    Ok(b) => parts.push(b),
-                    Err(ReadError::Input { reason, detail }) => {
-                        let file = truth.uri_of(&truth.child(&rel));
-                        failure = Some(error_record(
-                            &entry,
-                            &uri,
-                            Stage::SupervisedLabel,
-                            if reason == "not_found" { "missing_label" } else { reason },
-                            format!("{file}: {detail}"),
-                        ));
-                        break;
-                    }
-                    Err(ReadError::Store(e)) => return Err(e),
-                }
-            }
-            Some(match failure {
-                Some(f) => Err(f),
-                None => {
-                    let [a, b, c]: [Bytes; 3] = parts.try_into().expect("three parts");
-                    Ok([a, b, c])
-                }
-            })
-        }
-        _ => None,
-    };
+    let truth = if bytes.is_ok() { fetch_label_files(&entry, &uri, ds, retry).await? } else { None };
     Ok(Fetched { entry, uri, bytes, truth })
 }
 

@@ -44,8 +44,8 @@ use shards::inputs;
 use shards::{CommitOutcome, Location, ShardId};
 use tracing::info;
 
-use crate::config::{LabelConfig, SupervisedSource};
-use crate::spec::{Task, TeacherSpec};
+use crate::config::LabelConfig;
+use crate::spec::TeacherSpec;
 use crate::teacher::{Teacher, TeacherError};
 
 pub use decode::scaled_decode_min_side;
@@ -57,7 +57,7 @@ use decode::{decode_stage, DecodeSettings, Decoded};
 use fetch::{fetch_stage, Fetched, Retry};
 use infer::{inference_stage, Inferred};
 use postprocess::postprocess_stage;
-use supervised::{load_class_table, world_depth_scale, DatasetCtx, SupervisedCtx};
+use supervised::{DatasetCtx, SupervisedCtx};
 use write::{write_stage, Written};
 
 /// The version written into provenance.
@@ -278,24 +278,18 @@ pub fn run_shard_with(
         worker_teachers.push(ts);
     }
     let cpu_at_start = process_cpu_seconds();
-    let class_counts: HashMap<Task, usize> = teacher_info.iter().map(|(s, _)| (s.task, s.classes.len())).collect();
 
     let entries = rt.block_on(inputs::read_shard(&out, &index, shard.index, shard.count))?;
     info!(shard = %shard, attempt, inputs = entries.len(), "labelling shard");
     progress.start(entries.len() as u64);
 
+    // Whole-dataset label files are read here, so a broken one stops the shard before any image is read.
+    let specs: Vec<TeacherSpec> = teacher_info.iter().map(|(s, _)| s.clone()).collect();
     let mut datasets: HashMap<String, DatasetCtx> = HashMap::new();
     for d in &cfg.datasets {
         let supervised = match &d.supervised {
             None => None,
-            Some(SupervisedSource::WorldTruth { location, tasks }) => {
-                let truth = shards::open(location)?;
-                Some(SupervisedCtx::World { truth, tasks: tasks.clone(), depth_png_scale: world_depth_scale(location) })
-            }
-            Some(SupervisedSource::ClassTable { file }) => Some(SupervisedCtx::Table(Arc::new(load_class_table(
-                file,
-                class_counts.get(&Task::Classification).copied().unwrap_or(0),
-            )?))),
+            Some(labels) => Some(Arc::new(rt.block_on(SupervisedCtx::open(labels, &d.location, &specs))?)),
         };
         datasets.insert(d.name.clone(), DatasetCtx { images: shards::open(&d.location)?, supervised });
     }
@@ -324,7 +318,6 @@ pub fn run_shard_with(
     let (decode_tx, decode_rx) = sync_channel::<Chunk<Decoded>>(queue);
     let (infer_tx, infer_rx) = sync_channel::<Chunk<Inferred>>(queue * workers.max(1));
     let (label_tx, label_rx) = sync_channel::<Chunk<Result<ImageRecord, ErrorRecord>>>(queue);
-    let specs: Vec<TeacherSpec> = teacher_info.iter().map(|(s, _)| s.clone()).collect();
 
     let written = std::thread::scope(|scope| -> Result<Written, PipelineError> {
         let fetch_handle = {
@@ -340,12 +333,11 @@ pub fn run_shard_with(
         let decode_handle = {
             let clocks = clocks.clone();
             let datasets = datasets.clone();
-            let class_counts = class_counts.clone();
             let threads = cfg.run.decode_threads;
             let specs = &specs;
             scope.spawn(move || {
                 let settings = DecodeSettings { limits, scaled_min_side: scaled_decode, store_images, fault };
-                decode_stage(fetch_rx, decode_tx, threads, &settings, specs, &datasets, &class_counts, &clocks)
+                decode_stage(fetch_rx, decode_tx, threads, &settings, specs, &datasets, &clocks)
             })
         };
         // Inference workers share one queue of decoded chunks.

@@ -1,147 +1,270 @@
-//! Supervised labels a dataset already has: read next to its images and written into the record, so the
-//! teachers only fill the other tasks.
+//! Supervised labels a dataset already has, written into the record so the teachers only fill the other
+//! tasks. Whole-dataset files (CSV, COCO) are read once when the shard starts, so a broken one stops the run
+//! before any image; per-image files (masks, depth maps) are fetched next to each image in the fetch stage,
+//! through the same kind of store, and decoded with it in the decode stage. The formats are read by
+//! [`crate::labels`].
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use schemas::{ClsLabel, DepthLabel, DetBox, DetLabel, ErrorRecord, ImageRecord, LabelSource, SegLabel, Stage};
+use schemas::{ClsLabel, DepthLabel, DetLabel, ErrorRecord, ImageRecord, LabelSource, SegLabel, Stage};
 use shards::inputs::InputEntry;
 use shards::Location;
 
+use super::fetch::{get_bytes, ReadError, Retry};
 use super::records::error_record;
 use super::PipelineError;
-use crate::spec::Task;
+use crate::config::{ClassLabels, DepthFormat, SupervisedLabels};
+use crate::labels::{
+    decode_depth_npy, decode_depth_png16, decode_mask, ClassFolders, ClassTable, CocoBoxes, LabelProblem, LabelRef,
+};
+use crate::spec::{Task, TeacherSpec};
+
+/// Largest per-image label file fetched (a float64 `.npy` of 32 megapixels).
+const MAX_LABEL_FILE_BYTES: u64 = 256 << 20;
+/// Largest whole-dataset label file read (CSV, COCO JSON).
+const MAX_TABLE_FILE_BYTES: u64 = 2 << 30;
 
 /// Everything a dataset brings besides images.
 #[derive(Clone)]
 pub(super) struct DatasetCtx {
     pub(super) images: Location,
-    pub(super) supervised: Option<SupervisedCtx>,
+    pub(super) supervised: Option<Arc<SupervisedCtx>>,
 }
 
-#[derive(Clone)]
-pub(super) enum SupervisedCtx {
-    World { truth: Location, tasks: Vec<Task>, depth_png_scale: f32 },
-    Table(Arc<HashMap<String, u16>>),
+/// A dataset's supervised labels, ready to use: tables parsed, per-image locations opened.
+pub(super) struct SupervisedCtx {
+    classification: Option<(ClassSource, usize)>,
+    detection: Option<CocoBoxes>,
+    /// Mask location, extension and the segmentation teacher's class count.
+    segmentation: Option<(PerImageFiles, usize)>,
+    depth: Option<(PerImageFiles, DepthFormat, f32)>,
 }
 
-pub(super) fn load_class_table(file: &str, classes: usize) -> Result<HashMap<String, u16>, PipelineError> {
-    let bad = |reason: String| PipelineError::Supervised { file: file.to_owned(), reason };
-    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
-    let mut out = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || (i == 0 && line.starts_with("key")) {
-            continue;
+enum ClassSource {
+    Table(ClassTable),
+    Folders(ClassFolders),
+}
+
+/// One label file per image under `location`, named like the image with another extension.
+struct PerImageFiles {
+    location: Location,
+    extension: String,
+}
+
+impl PerImageFiles {
+    /// `<key without its extension>.<extension>`, relative to the location.
+    fn relative(&self, key: &str) -> String {
+        let (dir, name) = key.rsplit_once('/').map(|(d, n)| (Some(d), n)).unwrap_or((None, key));
+        let stem = name.rsplit_once('.').map(|(s, _)| s).filter(|s| !s.is_empty()).unwrap_or(name);
+        match dir {
+            Some(dir) => format!("{dir}/{stem}.{}", self.extension),
+            None => format!("{stem}.{}", self.extension),
         }
-        let (key, class) =
-            line.rsplit_once(',').ok_or_else(|| bad(format!("line {}: expected `key,class_id`", i + 1)))?;
-        let class: u16 =
-            class.trim().parse().map_err(|_| bad(format!("line {}: class id {class:?} is not a number", i + 1)))?;
-        if class as usize >= classes {
-            return Err(bad(format!("line {}: class id {class} is not below the {classes} classes", i + 1)));
-        }
-        out.insert(key.trim().to_owned(), class);
     }
-    Ok(out)
 }
 
-/// Build the supervised part of a record.
+/// One fetched per-image label file.
+pub(super) struct LabelFile {
+    uri: String,
+    bytes: Bytes,
+}
+
+/// The per-image label files of one input.
+pub(super) struct LabelFiles {
+    mask: Option<LabelFile>,
+    depth: Option<LabelFile>,
+}
+
+/// What the fetch stage found for an input's per-image label files: `None` when its dataset has none.
+pub(super) type FetchedLabels = Option<Result<LabelFiles, ErrorRecord>>;
+
+/// Read a whole label file given as a path or URL.
+async fn read_whole(file: &str) -> Result<Bytes, PipelineError> {
+    let bad = |reason: String| PipelineError::Supervised { file: file.to_owned(), reason };
+    if !file.contains("://") || file.starts_with("file://") {
+        let path = file.strip_prefix("file://").unwrap_or(file);
+        return std::fs::read(path).map(Bytes::from).map_err(|e| bad(e.to_string()));
+    }
+    let (dir, name) = file.rsplit_once('/').ok_or_else(|| bad("is not a file URL".into()))?;
+    let loc = shards::open(dir)?;
+    let retry = Retry::default();
+    get_bytes(&loc, name, MAX_TABLE_FILE_BYTES, &retry).await.map_err(|e| match e {
+        ReadError::Input { detail, .. } => bad(detail),
+        ReadError::Store(e) => e,
+    })
+}
+
+impl SupervisedCtx {
+    /// Read the dataset-wide files and open the per-image locations of `labels`, mapping class names to the
+    /// class lists of `teachers`. `images` is the dataset's image location (for class folder messages).
+    pub(super) async fn open(
+        labels: &SupervisedLabels,
+        images: &str,
+        teachers: &[TeacherSpec],
+    ) -> Result<Self, PipelineError> {
+        // The config requires these teachers; this only guards callers that built a config by hand.
+        fn classes_of<'t>(teachers: &'t [TeacherSpec], task: Task, file: &str) -> Result<&'t [String], PipelineError> {
+            teachers.iter().find(|t| t.task == task).map(|t| t.classes.as_slice()).ok_or_else(|| {
+                PipelineError::Supervised {
+                    file: file.to_owned(),
+                    reason: format!("{task:?} labels need a {task:?} teacher for their class list"),
+                }
+            })
+        }
+        let classification = match &labels.classification {
+            None => None,
+            Some(ClassLabels::Csv(file)) => {
+                let classes = classes_of(teachers, Task::Classification, file)?;
+                let table = ClassTable::parse(file, &read_whole(file).await?, classes)?;
+                Some((ClassSource::Table(table), classes.len()))
+            }
+            Some(ClassLabels::Folders) => {
+                let classes = classes_of(teachers, Task::Classification, images)?;
+                Some((ClassSource::Folders(ClassFolders::new(images, classes)), classes.len()))
+            }
+        };
+        let detection = match &labels.detection {
+            None => None,
+            Some(d) => {
+                let classes = classes_of(teachers, Task::Detection, &d.coco)?;
+                Some(CocoBoxes::parse(&d.coco, &read_whole(&d.coco).await?, classes)?)
+            }
+        };
+        let segmentation = match &labels.segmentation {
+            None => None,
+            Some(s) => {
+                let classes = classes_of(teachers, Task::Segmentation, &s.masks)?.len();
+                let files = PerImageFiles { location: shards::open(&s.masks)?, extension: s.extension.clone() };
+                Some((files, classes))
+            }
+        };
+        let depth = match &labels.depth {
+            None => None,
+            Some(d) => {
+                let files =
+                    PerImageFiles { location: shards::open(&d.maps)?, extension: d.format.extension().to_owned() };
+                Some((files, d.format, d.scale))
+            }
+        };
+        Ok(Self { classification, detection, segmentation, depth })
+    }
+}
+
+impl From<crate::labels::LabelFileError> for PipelineError {
+    fn from(e: crate::labels::LabelFileError) -> Self {
+        PipelineError::Supervised { file: e.file, reason: e.reason }
+    }
+}
+
+/// Fetch the per-image label files of `entry` (image `uri`) if its dataset has any. A file that is not there
+/// is a `missing_label` error row naming the file and the key; a store failure that outlives the retries
+/// fails the attempt, as for images.
+pub(super) async fn fetch_label_files(
+    entry: &InputEntry,
+    uri: &str,
+    ds: &DatasetCtx,
+    retry: &Retry,
+) -> Result<FetchedLabels, PipelineError> {
+    let Some(ctx) = ds.supervised.as_ref() else { return Ok(None) };
+    if ctx.segmentation.is_none() && ctx.depth.is_none() {
+        return Ok(None);
+    }
+    let (mask, depth) = futures::join!(
+        fetch_label_file(entry, uri, ctx.segmentation.as_ref().map(|s| &s.0), retry),
+        fetch_label_file(entry, uri, ctx.depth.as_ref().map(|d| &d.0), retry)
+    );
+    Ok(Some(match (mask?, depth?) {
+        (Ok(mask), Ok(depth)) => Ok(LabelFiles { mask, depth }),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }))
+}
+
+async fn fetch_label_file(
+    entry: &InputEntry,
+    uri: &str,
+    files: Option<&PerImageFiles>,
+    retry: &Retry,
+) -> Result<Result<Option<LabelFile>, ErrorRecord>, PipelineError> {
+    let Some(files) = files else { return Ok(Ok(None)) };
+    let rel = files.relative(&entry.key);
+    let file = files.location.uri_of(&files.location.child(&rel));
+    match get_bytes(&files.location, &rel, MAX_LABEL_FILE_BYTES, retry).await {
+        Ok(bytes) => Ok(Ok(Some(LabelFile { uri: file, bytes }))),
+        Err(ReadError::Input { reason, detail }) => {
+            let reason = if reason == "not_found" { "missing_label" } else { reason };
+            let detail = format!("label {file} of image {:?}: {detail}", entry.key);
+            Ok(Err(error_record(entry, uri, Stage::SupervisedLabel, reason, detail)))
+        }
+        Err(ReadError::Store(e)) => Err(e),
+    }
+}
+
+/// Write the supervised labels of `ctx` into `rec` (the image is `rec.width`×`rec.height`), with the
+/// per-image files fetched for it.
 pub(super) fn supervised_labels(
     rec: &mut ImageRecord,
-    f_entry: &InputEntry,
+    entry: &InputEntry,
     uri: &str,
     ctx: &SupervisedCtx,
-    truth: Option<&[Bytes; 3]>,
-    class_counts: &HashMap<Task, usize>,
+    fetched: Option<&LabelFiles>,
 ) -> Result<(), ErrorRecord> {
-    let bad = |detail: String| error_record(f_entry, uri, Stage::SupervisedLabel, "invalid_label", detail);
-    let one_hot = |class: usize, n: usize| -> Result<Vec<f32>, ErrorRecord> {
-        if class >= n {
-            return Err(bad(format!("class id {class} is not below the {n} classes")));
-        }
-        let mut v = vec![0f32; n];
-        v[class] = 1.0;
-        Ok(v)
+    let row = |p: LabelProblem| error_record(entry, uri, Stage::SupervisedLabel, p.reason_code(), p.to_string());
+    let not_fetched = || {
+        let detail = format!("the label files of image {:?} were not fetched", entry.key);
+        error_record(entry, uri, Stage::SupervisedLabel, "missing_label", detail)
     };
-    match ctx {
-        SupervisedCtx::Table(table) => {
-            if let Some(&class) = table.get(&f_entry.key) {
-                let n = class_counts[&Task::Classification];
-                rec.cls = Some(ClsLabel { source: LabelSource::Supervised, probs: one_hot(class as usize, n)? });
-            }
+    let key = entry.key.as_str();
+    let (width, height) = (rec.width, rec.height);
+    if let Some((source, n)) = &ctx.classification {
+        let class = match source {
+            ClassSource::Table(t) => t.class_of(key),
+            ClassSource::Folders(f) => f.class_of(key),
         }
-        SupervisedCtx::World { tasks, depth_png_scale, .. } => {
-            let [json, seg, depth] = truth.ok_or_else(|| bad("no ground truth fetched".into()))?;
-            let t = world::decode_truth(json, seg, depth, *depth_png_scale).map_err(|e| bad(format!("{e:#}")))?;
-            if (t.width, t.height) != (rec.width, rec.height) {
-                return Err(bad(format!(
-                    "ground truth is {}x{} but the image is {}x{}",
-                    t.width, t.height, rec.width, rec.height
-                )));
-            }
-            for task in tasks {
-                match task {
-                    Task::Classification => {
-                        let n = class_counts[task];
-                        rec.cls = Some(ClsLabel {
-                            source: LabelSource::Supervised,
-                            probs: one_hot(t.scene_class as usize, n)?,
-                        });
-                    }
-                    Task::Detection => {
-                        let n = class_counts[task];
-                        let mut boxes = Vec::with_capacity(t.boxes.len());
-                        for b in &t.boxes {
-                            if b.class_id as usize >= n {
-                                return Err(bad(format!("box class {} is not below the {n} classes", b.class_id)));
-                            }
-                            boxes.push(DetBox {
-                                x0: b.x0,
-                                y0: b.y0,
-                                x1: b.x1,
-                                y1: b.y1,
-                                class_id: b.class_id as u16,
-                                score: 1.0,
-                            });
-                        }
-                        rec.det = Some(DetLabel { source: LabelSource::Supervised, boxes });
-                    }
-                    Task::Segmentation => {
-                        rec.seg = Some(SegLabel {
-                            source: LabelSource::Supervised,
-                            height: t.height as u16,
-                            width: t.width as u16,
-                            mask: t.seg.clone(),
-                        });
-                    }
-                    Task::Depth => {
-                        rec.depth = Some(DepthLabel {
-                            source: LabelSource::Supervised,
-                            kind: schemas::DepthKind::Metric,
-                            height: t.height as u16,
-                            width: t.width as u16,
-                            values: t.depth.clone(),
-                        });
-                    }
-                }
-            }
+        .map_err(row)?;
+        let mut probs = vec![0f32; *n];
+        probs[class as usize] = 1.0;
+        rec.cls = Some(ClsLabel { source: LabelSource::Supervised, probs });
+    }
+    if let Some(coco) = &ctx.detection {
+        let boxes = coco.boxes(key, width, height).map_err(row)?;
+        rec.det = Some(DetLabel { source: LabelSource::Supervised, boxes });
+    }
+    if let Some((_, classes)) = &ctx.segmentation {
+        let file = fetched.and_then(|f| f.mask.as_ref()).ok_or_else(not_fetched)?;
+        let at = LabelRef { file: &file.uri, key };
+        let mask = decode_mask(at, &file.bytes, width, height, *classes).map_err(row)?;
+        rec.seg = Some(SegLabel { source: LabelSource::Supervised, height: height as u16, width: width as u16, mask });
+    }
+    if let Some((_, format, scale)) = &ctx.depth {
+        let file = fetched.and_then(|f| f.depth.as_ref()).ok_or_else(not_fetched)?;
+        let at = LabelRef { file: &file.uri, key };
+        let values = match format {
+            DepthFormat::Png16 => decode_depth_png16(at, &file.bytes, width, height, *scale),
+            DepthFormat::Npy => decode_depth_npy(at, &file.bytes, width, height, *scale),
         }
+        .map_err(row)?;
+        rec.depth = Some(DepthLabel {
+            source: LabelSource::Supervised,
+            kind: schemas::DepthKind::Metric,
+            height: height as u16,
+            width: width as u16,
+            values,
+        });
     }
     Ok(())
 }
 
-/// `depth_png_scale` from the `world.json` next to a world truth directory (`<root>/<split>/truth`).
-pub(super) fn world_depth_scale(truth_location: &str) -> f32 {
-    let path = PathBuf::from(truth_location);
-    path.parent()
-        .and_then(|p| p.parent())
-        .map(|root| root.join("world.json"))
-        .and_then(|f| std::fs::read(f).ok())
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("depth_png_scale").and_then(|s| s.as_f64()))
-        .map(|s| s as f32)
-        .unwrap_or(1000.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_image_files_mirror_the_key_with_another_extension() {
+        let files = PerImageFiles { location: shards::open("memory:///m").unwrap(), extension: "png".into() };
+        assert_eq!(files.relative("000001.jpg"), "000001.png");
+        assert_eq!(files.relative("a/b.c/x.tar.jpg"), "a/b.c/x.tar.png");
+        assert_eq!(files.relative("a.b/noext"), "a.b/noext.png");
+        assert_eq!(files.relative(".hidden"), ".hidden.png");
+    }
 }

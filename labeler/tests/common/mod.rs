@@ -27,13 +27,20 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A small world (96 px) under target/tmp, generated once per `(seed, counts)` and reused.
+/// A small world (96 px) under target/tmp, generated once per `(layout version, seed, counts)` and reused.
 pub fn small_world(seed: u64, counts: SplitCounts) -> PathBuf {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
     let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap();
+    // The layout version is in the name, so a world cached by an earlier layout is not reused.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "world-{seed}-{}-{}-{}-{}-{}-{}",
-        counts.cls, counts.det, counts.seg, counts.depth, counts.pool, counts.eval
+        "world-v{}-{seed}-{}-{}-{}-{}-{}-{}",
+        world::STORE_VERSION,
+        counts.cls,
+        counts.det,
+        counts.seg,
+        counts.depth,
+        counts.pool,
+        counts.eval
     ));
     if !dir.join("world.json").exists() {
         let cfg = WorldConfig::try_new(seed, 96, 96).unwrap();
