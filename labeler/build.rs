@@ -26,6 +26,8 @@ fn main() {
             println!("cargo:rustc-env=MUST_ORT_DYLIB_DEFAULT={path}");
         }
         None => {
+            // Watch the interpreter so that running `make setup` after a build makes the next build look again.
+            println!("cargo:rerun-if-changed={}", python.display());
             println!(
                 "cargo:warning=ONNX Runtime not found through {}; run `make setup` or set ORT_DYLIB_PATH at run time",
                 python.display()

@@ -119,7 +119,8 @@ fn labels_a_bucket_into_a_bucket_and_reruns_are_noops() {
         rt.block_on(shards_store.head(&ObjPath::from("run1/data/shard-00000-of-00002/live/records-00000.parquet")));
     assert!(live.is_ok(), "{live:?}");
     let status = run(&["status", "--output", "s3://shards/run1"]);
-    assert!(status.contains("2 committed shard(s): 24 labelled rows, 0 error rows"), "{status}");
+    assert!(status.contains("shards: 2 planned, 2 committed, 0 missing"), "{status}");
+    assert!(status.contains("committed inputs: 24 -> 24 labelled rows + 0 error rows"), "{status}");
     for (_, m) in &manifests {
         for f in &m.files {
             let head = rt.block_on(shards_store.head(&ObjPath::from(format!("run1/{}", f.path)))).unwrap();
@@ -162,7 +163,9 @@ fn throttling_and_resets_are_retried_and_the_shard_commits_whole() {
         |args: &[&str]| Command::new(bin).args(args).envs(s3_env(proxy.port)).env("MUST_LOG", "warn").output().unwrap();
     let planned = run(&["plan", "--config", cfg]);
     assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
-    // The next 12 requests fail: 503 Slow Down and reset connections, alternately.
+    // The next 12 reads of images fail: 503 Slow Down and reset connections, alternately. (Only image reads:
+    // the store client's own retries, 10 per request, would absorb them all on the first read of the plan.)
+    *proxy.state.fail_only.lock().unwrap() = Some("/images/photos/".into());
     proxy.state.fail_next.store(12, std::sync::atomic::Ordering::SeqCst);
     let out = run(&["run", "--config", cfg, "--shard", "0", "--num-shards", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

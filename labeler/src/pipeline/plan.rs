@@ -7,9 +7,16 @@ use tracing::info;
 
 use super::{runtime, PipelineError};
 use crate::config::LabelConfig;
+use crate::teacher::Teacher;
 
 /// Freeze the inputs of every dataset in `cfg` under the output location.
+///
+/// Every teacher is loaded first, so a spec that does not fit its model fails here, before a listing that
+/// may take hours on a large bucket, rather than in every shard job afterwards.
 pub fn plan(cfg: &LabelConfig) -> Result<InputIndex, PipelineError> {
+    for entry in &cfg.teachers {
+        Teacher::load(&entry.spec, &entry.file, &cfg.session_settings())?;
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let out = shards::open(&cfg.output)?;

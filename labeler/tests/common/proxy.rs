@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 pub struct ProxyState {
     /// Requests still to fail: even counts answer 503, odd counts reset the connection.
     pub fail_next: AtomicUsize,
+    /// When set, only requests whose path contains this count against `fail_next`.
+    pub fail_only: Mutex<Option<String>>,
     /// Requests whose path contains this get 403 Access Denied, every time.
     pub forbid: Mutex<Option<String>>,
     /// Faults served so far.
@@ -71,7 +73,11 @@ fn serve(client: TcpStream, upstream_port: u16, state: &ProxyState) -> std::io::
         return reply(&mut client, "403 Forbidden", "AccessDenied", "Access Denied");
     }
     let left = state.fail_next.load(Ordering::SeqCst);
-    if left > 0 && state.fail_next.compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+    let eligible = state.fail_only.lock().unwrap().as_deref().is_none_or(|f| path.contains(f));
+    if eligible
+        && left > 0
+        && state.fail_next.compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    {
         state.faults.fetch_add(1, Ordering::SeqCst);
         if left % 2 == 0 {
             return reply(&mut client, "503 Slow Down", "SlowDown", "Please reduce your request rate.");
