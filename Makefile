@@ -25,7 +25,7 @@ NUM_SHARDS ?= 4
 EVAL_LABEL_CONFIG ?= $(ROOT)/configs/demo-eval-label.toml
 TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
 
-.PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train bench bench-label bench-train clean-out
+.PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train bench bench-label bench-memory bench-train clean-out
 
 setup: $(SETUP_STAMP)
 
@@ -103,6 +103,11 @@ LABEL_ROUNDS ?= 3
 bench-label: build
 	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench LABEL_ROUNDS=$(LABEL_ROUNDS) tools/bench/bench_label.sh
 
+# Labeler peak memory (BENCHMARKS.md): shards of 1k, 4k and 16k 640x480 JPEGs, and 64 JPEGs of 6000x4000 with
+# store_images = true. See tools/bench/bench_memory.sh.
+bench-memory: build
+	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench tools/bench/bench_memory.sh
+
 # Trainer numbers (BENCHMARKS.md): loader samples per core at 128 and 640 px crops next to a plain PyTorch
 # DataLoader on the same Parquet (shards written once under TRAIN_BENCH_DIR), and the student's training step
 # next to the same network in PyTorch eager, alternating for STEP_ROUNDS rounds. See tools/bench/bench_train.sh.
@@ -113,7 +118,7 @@ bench-train: setup
 	CARGO=$(CARGO) PY=$(PY) TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) BENCH_THREADS=$(BENCH_THREADS) STEP_ROUNDS=$(STEP_ROUNDS) \
 	  tools/bench/bench_train.sh
 
-bench: bench-label bench-train
+bench: bench-label bench-memory bench-train
 
 clean-out:
 	rm -rf $(ROOT)/out

@@ -213,13 +213,13 @@ impl SupervisedLabels {
     pub fn tasks(&self) -> Vec<Task> {
         let mut tasks = Vec::new();
         if self.classification.is_some() {
-            tasks.push(Task::Classification);
+            tasks.push(Task::Cls);
         }
         if self.detection.is_some() {
-            tasks.push(Task::Detection);
+            tasks.push(Task::Det);
         }
         if self.segmentation.is_some() {
-            tasks.push(Task::Segmentation);
+            tasks.push(Task::Seg);
         }
         if self.depth.is_some() {
             tasks.push(Task::Depth);
@@ -280,8 +280,14 @@ pub struct RunSettings {
     pub fetch_concurrency: usize,
     /// Images per pipeline chunk (the unit that moves between stages).
     pub chunk_images: usize,
-    /// Chunks in flight between two stages (bounds memory).
+    /// Chunks in flight between two stages (memory is bounded by the byte budgets below as well).
     pub queue_chunks: usize,
+    /// Encoded image bytes the pipeline holds at once: from fetching until decoding, or until the writer
+    /// when `store_images` is on. Chunks are also cut at a quarter of it, so memory is bounded by bytes
+    /// whatever the size of the images.
+    pub fetched_bytes_in_flight: u64,
+    /// Decoded pixels and resized teacher inputs held at once between decoding and the teachers.
+    pub decoded_bytes_in_flight: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// Rows per data file; a shard is split into files of at most this many rows.
@@ -321,6 +327,8 @@ impl Default for RunSettings {
             fetch_concurrency: 32,
             chunk_images: 64,
             queue_chunks: 2,
+            fetched_bytes_in_flight: 512 << 20,
+            decoded_bytes_in_flight: 1 << 30,
             row_group_rows: 256,
             file_rows: 8192,
             file_bytes: 256 << 20,
@@ -441,7 +449,10 @@ impl LabelConfig {
                 return Err(invalid("teachers", format!("two teachers are named {:?}", t.spec.name)));
             }
             if !tasks.insert(t.spec.task) {
-                return Err(invalid("teachers", format!("two teachers label {:?}; one teacher per task", t.spec.task)));
+                return Err(invalid(
+                    "teachers",
+                    format!("two teachers label {}; one teacher per task", t.spec.task.name()),
+                ));
             }
         }
         if raw.datasets.is_empty() {
@@ -468,8 +479,8 @@ impl LabelConfig {
             for task in d.supervised.as_ref().map(|s| s.tasks()).unwrap_or_default() {
                 if task != Task::Depth && !tasks.contains(&task) {
                     return Err(invalid(
-                        &format!("dataset[{i}].supervised.{}", format!("{task:?}").to_lowercase()),
-                        format!("{task:?} labels need a {task:?} teacher in the config to fix the class list"),
+                        &format!("dataset[{i}].supervised.{}", task.name()),
+                        format!("{0} labels need a {0} teacher in the config to fix the class list", task.name()),
                     ));
                 }
             }
@@ -488,6 +499,21 @@ impl LabelConfig {
             if v == 0 {
                 return Err(invalid(field, "must be at least 1".into()));
             }
+        }
+        for (field, v) in [
+            ("run.fetched_bytes_in_flight", run.fetched_bytes_in_flight),
+            ("run.decoded_bytes_in_flight", run.decoded_bytes_in_flight),
+        ] {
+            if v < 1 << 20 {
+                return Err(invalid(field, format!("is {v} bytes, must be at least 1 MiB (1048576)")));
+            }
+        }
+        // A stored image is one value of a Binary column, whose offsets are 32-bit.
+        if run.store_images && run.max_image_bytes > 1 << 30 {
+            return Err(invalid(
+                "run.max_image_bytes",
+                format!("is {} bytes, at most 1 GiB (1073741824) when `store_images = true`", run.max_image_bytes),
+            ));
         }
         if !(0.0..=1.0).contains(&run.max_error_fraction) {
             return Err(invalid("run.max_error_fraction", format!("is {}, must be in [0, 1]", run.max_error_fraction)));
@@ -577,13 +603,13 @@ mod tests {
         let tasks: Vec<Vec<Task>> =
             cfg.datasets.iter().map(|d| d.supervised.as_ref().map(|s| s.tasks()).unwrap_or_default()).collect();
         use Task::*;
-        assert_eq!(tasks, [vec![Classification], vec![Detection], vec![Segmentation], vec![Depth], vec![]]);
+        assert_eq!(tasks, [vec![Cls], vec![Det], vec![Seg], vec![Depth], vec![]]);
         let depth = cfg.datasets[3].supervised.as_ref().unwrap().depth.as_ref().unwrap();
         assert!(depth.maps.ends_with("configs/../out/world/depth/depth"), "{}", depth.maps);
         assert_eq!((depth.format, depth.scale), (DepthFormat::Png16, 0.001));
         let eval = LabelConfig::load(&workspace().join("configs/demo-eval-label.toml"), None).unwrap();
         let s = eval.datasets[0].supervised.as_ref().unwrap();
-        assert_eq!(s.tasks(), [Classification, Detection, Segmentation, Depth]);
+        assert_eq!(s.tasks(), [Cls, Det, Seg, Depth]);
         assert!(matches!(&s.classification, Some(ClassLabels::Csv(f)) if f.ends_with("out/world/eval/labels.csv")));
         assert_eq!(s.segmentation.as_ref().unwrap().extension, "png");
     }

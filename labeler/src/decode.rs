@@ -117,6 +117,16 @@ pub fn decode_scaled(
     guarded(bytes, limits, Some((min_width, min_height)))
 }
 
+/// Bytes of RGB pixels a full-resolution decode of `bytes` would allocate, read from the header alone
+/// (0 when the header cannot be read: the decode will fail on its own and allocate nothing).
+pub fn decoded_size_hint(bytes: &[u8]) -> u64 {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok())
+        .map_or(0, |(w, h)| rgb_bytes(w, h))
+}
+
 /// The reductions [`decode_scaled`] uses, largest first (1/2 is slower than a full zune-jpeg decode).
 pub const SCALED_FACTORS: [u32; 2] = [8, 4];
 

@@ -7,22 +7,10 @@
 //!   below the threshold get the ignore label 255;
 //! - depth: the prediction as it is, cropped to the part of the input that shows the image.
 
+use schemas::{DetBox, SEG_IGNORE};
+
 use crate::preprocess::Transform;
 use crate::spec::ScoreKind;
-
-/// The ignore label of segmentation masks.
-pub const IGNORE: u8 = 255;
-
-/// A box in normalised original-image coordinates.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Detection {
-    pub x0: f32,
-    pub y0: f32,
-    pub x1: f32,
-    pub y1: f32,
-    pub class_id: u16,
-    pub score: f32,
-}
 
 /// Soft class distribution from a model's class scores.
 pub fn class_distribution(scores: &[f32], kind: ScoreKind, temperature: f32) -> Vec<f32> {
@@ -122,7 +110,7 @@ pub fn mask_from_probabilities(probs: &[f32], classes: usize, threshold: f32) ->
                 }
             }
             if best_p < threshold {
-                IGNORE
+                SEG_IGNORE
             } else {
                 best as u8
             }
@@ -130,7 +118,7 @@ pub fn mask_from_probabilities(probs: &[f32], classes: usize, threshold: f32) ->
         .collect()
 }
 
-fn iou(a: &Detection, b: &Detection) -> f32 {
+fn iou(a: &DetBox, b: &DetBox) -> f32 {
     let iw = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
     let ih = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
     let inter = iw * ih;
@@ -143,9 +131,9 @@ fn iou(a: &Detection, b: &Detection) -> f32 {
 }
 
 /// Class-aware greedy NMS; input in any order, output sorted by score (descending), at most `max`.
-pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32, max: usize) -> Vec<Detection> {
+pub fn nms(mut dets: Vec<DetBox>, iou_threshold: f32, max: usize) -> Vec<DetBox> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.class_id.cmp(&b.class_id)));
-    let mut keep: Vec<Detection> = Vec::new();
+    let mut keep: Vec<DetBox> = Vec::new();
     for d in dets {
         if keep.len() >= max {
             break;
@@ -158,7 +146,7 @@ pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32, max: usize) -> Vec<Dete
 }
 
 /// Map an input-pixel box to a normalised original-image box, clipped to [0,1]; `None` if it vanishes.
-pub fn to_original(t: &Transform, b: [f32; 4], class_id: u16, score: f32) -> Option<Detection> {
+pub fn to_original(t: &Transform, b: [f32; 4], class_id: u16, score: f32) -> Option<DetBox> {
     let x0 = t.x_to_norm(b[0]).clamp(0.0, 1.0);
     let y0 = t.y_to_norm(b[1]).clamp(0.0, 1.0);
     let x1 = t.x_to_norm(b[2]).clamp(0.0, 1.0);
@@ -167,10 +155,10 @@ pub fn to_original(t: &Transform, b: [f32; 4], class_id: u16, score: f32) -> Opt
     if !valid {
         return None;
     }
-    Some(Detection { x0, y0, x1, y1, class_id, score: score.clamp(0.0, 1.0) })
+    Some(DetBox { x0, y0, x1, y1, class_id, score: score.clamp(0.0, 1.0) })
 }
 
-/// Detections from a torchvision-style output: `boxes [K,4]` xyxy input pixels, labels and scores `[K]`.
+/// DetBoxs from a torchvision-style output: `boxes [K,4]` xyxy input pixels, labels and scores `[K]`.
 /// Labels outside `0..classes` after `label_offset` are reported in the second return value.
 #[allow(clippy::too_many_arguments)]
 pub fn from_boxes_labels_scores(
@@ -182,7 +170,7 @@ pub fn from_boxes_labels_scores(
     classes: usize,
     threshold: f32,
     max: usize,
-) -> (Vec<Detection>, usize) {
+) -> (Vec<DetBox>, usize) {
     let mut out = Vec::new();
     let mut bad_labels = 0;
     for (i, (&label, &score)) in labels.iter().zip(scores).enumerate() {
@@ -204,7 +192,7 @@ pub fn from_boxes_labels_scores(
     (out, bad_labels)
 }
 
-/// Detections from a raw YOLO head `[4+nc, A]` (cx, cy, w, h in input pixels, then class scores):
+/// DetBoxs from a raw YOLO head `[4+nc, A]` (cx, cy, w, h in input pixels, then class scores):
 /// best class per anchor, threshold, class-aware NMS.
 pub fn from_yolo_raw(
     t: &Transform,
@@ -214,7 +202,7 @@ pub fn from_yolo_raw(
     threshold: f32,
     iou_threshold: f32,
     max: usize,
-) -> Vec<Detection> {
+) -> Vec<DetBox> {
     let mut dets = Vec::new();
     for a in 0..anchors {
         let (mut best, mut best_s) = (0usize, f32::NEG_INFINITY);
@@ -237,9 +225,9 @@ pub fn from_yolo_raw(
     nms(dets, iou_threshold, max)
 }
 
-/// Detections from a YOLO export with NMS `[K, 6]`: x0, y0, x1, y1, score, class.
-pub fn from_yolo_nms(t: &Transform, out: &[f32], classes: usize, threshold: f32, max: usize) -> Vec<Detection> {
-    let mut dets: Vec<Detection> = out
+/// DetBoxs from a YOLO export with NMS `[K, 6]`: x0, y0, x1, y1, score, class.
+pub fn from_yolo_nms(t: &Transform, out: &[f32], classes: usize, threshold: f32, max: usize) -> Vec<DetBox> {
+    let mut dets: Vec<DetBox> = out
         .chunks_exact(6)
         .filter(|r| r[4] >= threshold && r[5] >= 0.0 && (r[5] as usize) < classes)
         .filter_map(|r| to_original(t, [r[0], r[1], r[2], r[3]], r[5] as u16, r[4]))
@@ -287,7 +275,7 @@ mod tests {
     fn low_confidence_pixels_are_ignored() {
         // Two classes, three pixels: confident 0, confident 1, a 0.45/0.55 split with a 0.6 threshold.
         let probs = [0.9, 0.2, 0.45, 0.1, 0.8, 0.55];
-        assert_eq!(mask_from_probabilities(&probs, 2, 0.6), vec![0, 1, IGNORE]);
+        assert_eq!(mask_from_probabilities(&probs, 2, 0.6), vec![0, 1, SEG_IGNORE]);
         assert_eq!(mask_from_probabilities(&probs, 2, 0.5), vec![0, 1, 1]);
     }
 
@@ -304,9 +292,9 @@ mod tests {
 
     #[test]
     fn nms_is_class_aware() {
-        let a = Detection { x0: 0.0, y0: 0.0, x1: 0.5, y1: 0.5, class_id: 0, score: 0.9 };
-        let b = Detection { score: 0.8, ..a };
-        let c = Detection { class_id: 1, score: 0.7, ..a };
+        let a = DetBox { x0: 0.0, y0: 0.0, x1: 0.5, y1: 0.5, class_id: 0, score: 0.9 };
+        let b = DetBox { score: 0.8, ..a };
+        let c = DetBox { class_id: 1, score: 0.7, ..a };
         let kept = nms(vec![c, b, a], 0.5, 10);
         assert_eq!(kept, vec![a, c]);
     }

@@ -10,29 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use schemas::{DepthKind, Task};
 use serde::{Deserialize, Serialize};
-
-/// The four MuST tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Classification,
-    Detection,
-    Segmentation,
-    Depth,
-}
-
-impl Task {
-    /// Column prefix of the task in the record schema.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Task::Classification => "cls",
-            Task::Detection => "det",
-            Task::Segmentation => "seg",
-            Task::Depth => "depth",
-        }
-    }
-}
 
 /// Tensor layout of the image input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,26 +95,6 @@ pub enum DetectionFormat {
     YoloRaw,
     /// Ultralytics with `nms=True`: `[B, K, 6]` x0,y0,x1,y1,score,class.
     YoloNms,
-}
-
-/// Kind of depth the teacher predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DepthKind {
-    /// Relative inverse depth (MiDaS, DPT): larger is nearer, unknown scale and shift.
-    InverseRelative,
-    /// Metric depth in metres.
-    Metric,
-}
-
-impl DepthKind {
-    /// The value stored in the record's `depth_kind` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DepthKind::InverseRelative => "inverse_relative",
-            DepthKind::Metric => "metric",
-        }
-    }
 }
 
 /// Which model output a role reads: by declared name, or by position among the outputs.
@@ -253,7 +212,7 @@ fn preset(name: &str) -> Option<RawTeacher> {
         |pairs: &[(&str, usize)]| Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), OutputRef::Index(*v))).collect());
     match name {
         "torchvision-classification" => {
-            p.task = Some(Task::Classification);
+            p.task = Some(Task::Cls);
             p.layout = Some(Layout::Nchw);
             p.input_size = Some([224, 224]);
             p.resize = Some(Resize::ShorterSideCrop { shorter: 256 });
@@ -263,7 +222,7 @@ fn preset(name: &str) -> Option<RawTeacher> {
             p.outputs = outputs(&[("scores", 0)]);
         }
         "torchvision-segmentation" => {
-            p.task = Some(Task::Segmentation);
+            p.task = Some(Task::Seg);
             p.layout = Some(Layout::Nchw);
             p.input_size = Some([520, 520]);
             p.resize = Some(Resize::Stretch);
@@ -273,7 +232,7 @@ fn preset(name: &str) -> Option<RawTeacher> {
             p.outputs = outputs(&[("scores", 0)]);
         }
         "torchvision-detection" | "torchvision-retinanet" => {
-            p.task = Some(Task::Detection);
+            p.task = Some(Task::Det);
             p.layout = Some(Layout::Chw);
             p.batch = Some(toml::Value::Integer(1));
             p.resize = Some(Resize::Original);
@@ -292,7 +251,7 @@ fn preset(name: &str) -> Option<RawTeacher> {
             };
         }
         "yolo" | "yolo-nms" => {
-            p.task = Some(Task::Detection);
+            p.task = Some(Task::Det);
             p.layout = Some(Layout::Nchw);
             p.input_name = Some("images".into());
             p.input_size = Some([640, 640]);
@@ -434,8 +393,8 @@ impl TeacherSpec {
         }
         let outputs = pick!(outputs).unwrap_or_default();
         let required: &[&str] = match task {
-            Task::Classification | Task::Segmentation => &["scores"],
-            Task::Detection => match pick!(detection_format) {
+            Task::Cls | Task::Seg => &["scores"],
+            Task::Det => match pick!(detection_format) {
                 Some(DetectionFormat::YoloRaw) | Some(DetectionFormat::YoloNms) => &["output"],
                 _ => &["boxes", "labels", "scores"],
             },
@@ -454,7 +413,7 @@ impl TeacherSpec {
         if let Some(extra) = outputs.keys().find(|k| !required.contains(&k.as_str())) {
             return Err(err(
                 &format!("outputs.{extra}"),
-                format!("not a role of a {task:?} teacher (roles: {})", required.join(", ")),
+                format!("not a role of a {} teacher (roles: {})", task.name(), required.join(", ")),
             ));
         }
         let classes = pick!(classes).unwrap_or_default();
@@ -465,7 +424,7 @@ impl TeacherSpec {
         if scales.is_empty() || scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s <= 4.0)) {
             return Err(err("scales", format!("{scales:?}: each scale must be in (0, 4]")));
         }
-        if task != Task::Segmentation && scales != [1.0] {
+        if task != Task::Seg && scales != [1.0] {
             return Err(err("scales", "multi-scale inference is only for segmentation teachers".into()));
         }
         let temperature = raw.temperature.unwrap_or(defaults.temperature);
@@ -501,7 +460,7 @@ impl TeacherSpec {
             color: pick!(color).unwrap_or(ColorOrder::Rgb),
             outputs,
             output_kind: pick!(output_kind).unwrap_or(ScoreKind::Logits),
-            detection_format: if task == Task::Detection {
+            detection_format: if task == Task::Det {
                 Some(pick!(detection_format).unwrap_or(DetectionFormat::BoxesLabelsScores))
             } else {
                 None
@@ -539,7 +498,7 @@ resize = { kind = "stretch" }
 classes = ["a", "b"]"#,
         )
         .unwrap();
-        assert_eq!(spec.task, Task::Classification);
+        assert_eq!(spec.task, Task::Cls);
         assert_eq!(spec.input_size, [96, 96]);
         assert_eq!(spec.resize, Resize::Stretch);
         assert_eq!(spec.mean, IMAGENET_MEAN);

@@ -16,16 +16,17 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
-use crate::postprocess::{self, Detection};
+use crate::postprocess;
 use crate::preprocess::{self, input_size_for, Resized};
 use crate::runtime::{self, RuntimeError, SessionSettings};
 use crate::spec::{Batch, DetectionFormat, Layout, OutputRef, Resize, ScoreKind, Task, TeacherSpec};
+use schemas::DetBox;
 
 /// A pseudo label for one image from one teacher.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prediction {
     Classification(Vec<f32>),
-    Detection(Vec<Detection>),
+    Detection(Vec<DetBox>),
     Segmentation { height: usize, width: usize, mask: Vec<u8> },
     Depth { height: usize, width: usize, values: Vec<f32> },
 }
@@ -300,7 +301,7 @@ impl Teacher {
         let name = self.spec.name.clone();
         let fail = |m: String| TeacherError::Inference { teacher: name.clone(), message: m };
         match (task, format) {
-            (Task::Detection, Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels)) => {
+            (Task::Det, Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels)) => {
                 let (_, boxes) = get_f32("boxes").map_err(fail)?;
                 let (_, scores) = get_f32("scores").map_err(fail)?;
                 let labels_name = &outputs["labels"];
@@ -325,7 +326,7 @@ impl Teacher {
                 }
                 out.push(ScaleOutput::Boxes { boxes: boxes.to_vec(), labels, scores: scores.to_vec() });
             }
-            (Task::Detection, Some(DetectionFormat::YoloRaw)) => {
+            (Task::Det, Some(DetectionFormat::YoloRaw)) => {
                 let (shape, data) = get_f32("output").map_err(fail)?;
                 let per = data.len() / run_n.max(1);
                 let anchors = *shape.last().unwrap_or(&0) as usize;
@@ -333,21 +334,21 @@ impl Teacher {
                     out.push(ScaleOutput::Yolo { data: data[k * per..(k + 1) * per].to_vec(), anchors });
                 }
             }
-            (Task::Detection, _) => {
+            (Task::Det, _) => {
                 let (_, data) = get_f32("output").map_err(fail)?;
                 let per = data.len() / run_n.max(1);
                 for k in 0..n {
                     out.push(ScaleOutput::YoloNms { data: data[k * per..(k + 1) * per].to_vec() });
                 }
             }
-            (Task::Classification, _) => {
+            (Task::Cls, _) => {
                 let (_, data) = get_f32("scores").map_err(fail)?;
                 let per = data.len() / run_n.max(1);
                 for k in 0..n {
                     out.push(ScaleOutput::Scores(data[k * per..(k + 1) * per].to_vec()));
                 }
             }
-            (Task::Segmentation, _) => {
+            (Task::Seg, _) => {
                 let (shape, data) = get_f32("scores").map_err(fail)?;
                 let (oh, ow) = (shape[shape.len() - 2] as usize, shape[shape.len() - 1] as usize);
                 let per = data.len() / run_n.max(1);
@@ -374,7 +375,7 @@ impl Teacher {
         let nc = spec.classes.len();
         let post = |detail: String| ImageFailure { stage: "postprocess", reason: "invalid_output", detail };
         match spec.task {
-            Task::Classification => {
+            Task::Cls => {
                 let (o, _) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?;
                 let ScaleOutput::Scores(s) = o else { return Err(post("unexpected output".into())) };
                 if s.len() != nc {
@@ -385,7 +386,7 @@ impl Teacher {
                 }
                 Ok(Prediction::Classification(postprocess::class_distribution(&s, spec.output_kind, spec.temperature)))
             }
-            Task::Detection => {
+            Task::Det => {
                 let (o, t) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?;
                 let dets = match o {
                     ScaleOutput::Boxes { boxes, labels, scores } => {
@@ -417,7 +418,7 @@ impl Teacher {
                 };
                 Ok(Prediction::Detection(dets))
             }
-            Task::Segmentation => {
+            Task::Seg => {
                 let [bh, bw] = input_size_for(spec, img_w, img_h, 1.0);
                 // The base grid is the scale-1 input region showing the image.
                 let mut acc: Option<(Vec<f32>, usize, usize)> = None;
@@ -640,7 +641,7 @@ fn check(
             ));
         }
     }
-    if matches!(spec.task, Task::Segmentation | Task::Depth) && matches!(spec.resize, Resize::ShorterSideCrop { .. }) {
+    if matches!(spec.task, Task::Seg | Task::Depth) && matches!(spec.resize, Resize::ShorterSideCrop { .. }) {
         return Err(err(
             "resize",
             "dense teachers must see the whole image: use stretch, letterbox or keep_aspect".into(),
@@ -664,7 +665,7 @@ fn check(
     };
     let mut roles: BTreeMap<String, usize> = BTreeMap::new();
     let explicit_names = spec.outputs.values().all(|r| matches!(r, OutputRef::Name(_)));
-    if spec.task == Task::Detection
+    if spec.task == Task::Det
         && matches!(
             spec.detection_format,
             Some(DetectionFormat::BoxesLabelsScores | DetectionFormat::BoxesScoresLabels)
@@ -701,7 +702,7 @@ fn check(
     let nc = spec.classes.len() as i64;
     let shape_of = |i: usize| dims(outs[i].dtype()).unwrap_or((TensorElementType::Undefined, vec![]));
     match spec.task {
-        Task::Classification => {
+        Task::Cls => {
             let (t, s) = shape_of(roles["scores"]);
             if t != TensorElementType::Float32 || s.len() != 2 {
                 return Err(err("outputs.scores", format!("expected float32 [N, classes], model gives {t:?}{s:?}")));
@@ -710,7 +711,7 @@ fn check(
                 return Err(err("classes", format!("the model has {} classes, the spec lists {nc}", s[1])));
             }
         }
-        Task::Segmentation => {
+        Task::Seg => {
             let (t, s) = shape_of(roles["scores"]);
             if t != TensorElementType::Float32 || s.len() != 4 {
                 return Err(err(
@@ -734,7 +735,7 @@ fn check(
                 ));
             }
         }
-        Task::Detection => match spec.detection_format {
+        Task::Det => match spec.detection_format {
             Some(DetectionFormat::YoloRaw) => {
                 let (_, s) = shape_of(roles["output"]);
                 if s.len() != 3 || (s[1] > 0 && s[1] != 4 + nc) {

@@ -15,15 +15,22 @@ pub const PROB_SUM_TOLERANCE: f32 = 1e-3;
 /// The segmentation class id meaning "no label for this pixel".
 pub const SEG_IGNORE: u8 = 255;
 
-/// The four tasks of a record, in column order.
+/// The four tasks of a record, in column order: the one task vocabulary of the labeler, the shards and the
+/// trainer.
+///
+/// Stored (manifests, columns) by its short name; config files may use either the short or the long name
+/// (`task = "classification"` and `task = "cls"` are the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Image classification (`cls_*` columns).
+    #[serde(alias = "classification")]
     Cls,
     /// Object detection (`det_*` columns).
+    #[serde(alias = "detection")]
     Det,
     /// Semantic segmentation (`seg_*` columns).
+    #[serde(alias = "segmentation")]
     Seg,
     /// Depth estimation (`depth_*` columns).
     Depth,
@@ -39,6 +46,16 @@ impl Task {
             Task::Cls => "cls",
             Task::Det => "det",
             Task::Seg => "seg",
+            Task::Depth => "depth",
+        }
+    }
+
+    /// The long name: `classification`, `detection`, `segmentation`, `depth` (config sections use it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Cls => "classification",
+            Task::Det => "detection",
+            Task::Seg => "segmentation",
             Task::Depth => "depth",
         }
     }

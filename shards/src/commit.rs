@@ -14,9 +14,12 @@
 //! lease holds, which is what lets a janitor delete the files of dead attempts while others run.
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::arrow::{ArrowWriter, AsyncArrowWriter};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use schemas::{ManifestFile, ShardManifest};
 use sha2::{Digest, Sha256};
@@ -281,6 +284,51 @@ impl ShardCommitter {
         Ok(())
     }
 
+    /// Start a data file of `kind` ("records" or "errors") that is streamed to the store as it is written
+    /// (multipart upload on object stores, a staging file on local disk), so only the row group being
+    /// encoded and one upload part are in memory, however large the file grows. It becomes visible at its
+    /// name only once [`finish_file`](Self::finish_file) completes it, and a reader takes it only once the
+    /// manifest names it.
+    pub fn start_file(
+        &mut self,
+        kind: &str,
+        schema: arrow_schema::SchemaRef,
+        props: WriterProperties,
+    ) -> Result<DataFile, CommitError> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
+        let rel = format!("data/{}/{}/{kind}-{:05}.parquet", self.shard.name(), self.attempt, self.next_part);
+        self.next_part += 1;
+        let path = self.root.child(&rel);
+        let uri = self.root.uri_of(&path);
+        let upload = HashingUpload {
+            inner: object_store::buffered::BufWriter::with_capacity(self.root.store.clone(), path, UPLOAD_PART_BYTES),
+            sha256: Sha256::new(),
+            bytes: 0,
+        };
+        let writer = AsyncArrowWriter::try_new(upload, schema, Some(props))
+            .map_err(|source| CommitError::Encode { what: uri.clone(), source })?;
+        Ok(DataFile { writer, rel, uri, kind: kind.to_owned(), rows: 0 })
+    }
+
+    /// Complete a file from [`start_file`](Self::start_file) and record it for the manifest.
+    pub async fn finish_file(&mut self, mut file: DataFile) -> Result<(), CommitError> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
+        file.writer.finish().await.map_err(|source| CommitError::Encode { what: file.uri.clone(), source })?;
+        let upload = file.writer.into_inner();
+        self.files.push(ManifestFile {
+            path: file.rel,
+            kind: file.kind,
+            bytes: upload.bytes,
+            sha256: hex::encode(upload.sha256.finalize()),
+            rows: file.rows,
+        });
+        Ok(())
+    }
+
     /// Commit: fill in the files and attempt id of `manifest` and write it with put-if-absent; then
     /// release the lease, whatever the outcome (a release that fails is logged: the lease expires anyway).
     pub async fn commit(mut self, manifest: ShardManifest) -> Result<CommitOutcome, CommitError> {
@@ -425,5 +473,68 @@ mod consistency_tests {
             assert!(err.contains(what), "{err}");
             assert!(err.contains("manifests/shard-00000-of-00004.json") && err.contains("new output root"), "{err}");
         }
+    }
+}
+
+/// Size of one multipart upload part (object stores take parts of 5 MiB and more, but the last).
+const UPLOAD_PART_BYTES: usize = 8 << 20;
+
+/// A Parquet data file being streamed to the store; see [`ShardCommitter::start_file`].
+pub struct DataFile {
+    writer: AsyncArrowWriter<HashingUpload>,
+    rel: String,
+    uri: String,
+    kind: String,
+    rows: u64,
+}
+
+impl DataFile {
+    /// Write `batch` as one row group (or more, if it is longer than the properties' row-group size).
+    pub async fn write(&mut self, batch: &arrow_array::RecordBatch) -> Result<(), CommitError> {
+        let encode = |source| CommitError::Encode { what: self.uri.clone(), source };
+        self.writer.write(batch).await.map_err(encode)?;
+        self.writer.flush().await.map_err(|source| CommitError::Encode { what: self.uri.clone(), source })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes encoded so far.
+    pub fn bytes_written(&self) -> usize {
+        self.writer.bytes_written()
+    }
+
+    /// Give up on the file: abort its upload so no part of it lingers in the store.
+    pub async fn abort(self) {
+        let mut upload = self.writer.into_inner();
+        if let Err(e) = upload.inner.abort().await {
+            warn!(uri = %self.uri, error = %e, "aborting an unfinished upload failed; the janitor or the bucket's lifecycle rule removes it");
+        }
+    }
+}
+
+/// The store upload under a [`DataFile`], hashing and counting the bytes on their way out.
+struct HashingUpload {
+    inner: object_store::buffered::BufWriter,
+    sha256: Sha256,
+    bytes: u64,
+}
+
+impl AsyncFileWriter for HashingUpload {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.sha256.update(&bs);
+        self.bytes += bs.len() as u64;
+        Box::pin(async move { self.inner.put(bs).await.map_err(|e| ParquetError::External(Box::new(e))) })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            self.inner.shutdown().await.map_err(|e| ParquetError::External(Box::new(e)))
+        })
     }
 }

@@ -16,8 +16,8 @@ mod redact;
 pub mod store;
 
 pub use commit::{
-    check_consistent, committed_manifests, encode_parquet, read_manifest, CommitError, CommitOutcome, ShardCommitter,
-    ShardId,
+    check_consistent, committed_manifests, encode_parquet, read_manifest, CommitError, CommitOutcome, DataFile,
+    ShardCommitter, ShardId,
 };
 pub use janitor::{remove_orphans, JanitorPolicy, JanitorReport};
 pub use lease::{Lease, LeaseRecord};

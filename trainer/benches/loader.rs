@@ -170,7 +170,7 @@ fn main() {
         if cores > 1 {
             runs.push((cores, all_tasks(), "all tasks"));
         }
-        runs.push((1, vec![Task::Classification, Task::Detection], "cls+det only"));
+        runs.push((1, vec![Task::Cls, Task::Det], "cls+det only"));
         for (workers, tasks, what) in runs {
             let r = measure(&path, tasks, crop, batch, workers, seconds);
             println!(

@@ -165,7 +165,7 @@ fn main() {
         let initial: BTreeMap<&str, f64> = {
             let out = student.forward_t(&images_tensor(&batch, device).unwrap(), true);
             let losses = task_losses(&out, &batch, device).unwrap();
-            losses.losses.iter().map(|(t, l)| (t.key(), l.double_value(&[]))).collect()
+            losses.losses.iter().map(|(t, l)| (t.as_str(), l.double_value(&[]))).collect()
         };
         // One step; returns the seconds spent in forward, losses (with the weighted total), zero-grad +
         // backward, and the optimiser update. Everything is synchronous on the CPU.

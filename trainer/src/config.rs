@@ -457,9 +457,9 @@ impl TrainConfig {
             fpn_channels: m.fpn_channels,
             det_tower_convs: m.det_tower_convs,
             pixel_head_convs: m.pixel_head_convs,
-            num_classes: tasks.contains(&Task::Classification).then_some(nc.cls),
-            num_det_classes: tasks.contains(&Task::Detection).then_some(nc.det),
-            num_seg_classes: tasks.contains(&Task::Segmentation).then_some(nc.seg),
+            num_classes: tasks.contains(&Task::Cls).then_some(nc.cls),
+            num_det_classes: tasks.contains(&Task::Det).then_some(nc.det),
+            num_seg_classes: tasks.contains(&Task::Seg).then_some(nc.seg),
             depth_head: tasks.contains(&Task::Depth),
         }
     }
@@ -499,9 +499,9 @@ impl TrainConfig {
 /// A task's name as written in config files.
 fn serde_key(task: Task) -> &'static str {
     match task {
-        Task::Classification => "classification",
-        Task::Detection => "detection",
-        Task::Segmentation => "segmentation",
+        Task::Cls => "classification",
+        Task::Det => "detection",
+        Task::Seg => "segmentation",
         Task::Depth => "depth",
     }
 }
@@ -552,9 +552,9 @@ depth = 2.5
         );
         let w = cfg.task_weights();
         // detection: (8 · 0.32) / (256 · 0.1) = 0.1
-        assert!((w[&Task::Detection] - 0.1).abs() < 1e-12);
+        assert!((w[&Task::Det] - 0.1).abs() < 1e-12);
         assert_eq!(w[&Task::Depth], 2.5);
-        assert_eq!(w[&Task::Classification], 1.0);
+        assert_eq!(w[&Task::Cls], 1.0);
     }
 
     #[test]

@@ -255,8 +255,8 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
             Tensor::zeros([bi, c as i64], (Kind::Float, device))
         };
         let mask = present_mask(&batch.has_cls, device);
-        losses.push((Task::Classification, classification_loss(logits, &probs, &mask)));
-        present.insert(Task::Classification, n);
+        losses.push((Task::Cls, classification_loss(logits, &probs, &mask)));
+        present.insert(Task::Cls, n);
     }
     if let Some(det) = &out.det {
         let k = det.cls.size()[2] as usize;
@@ -280,8 +280,8 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
         parts.push(("det_focal", l.focal));
         parts.push(("det_giou", l.giou));
         parts.push(("det_ctr", l.centerness));
-        losses.push((Task::Detection, l.total));
-        present.insert(Task::Detection, count(&batch.has_det));
+        losses.push((Task::Det, l.total));
+        present.insert(Task::Det, count(&batch.has_det));
     }
     if let Some(logits) = &out.seg {
         let k = logits.size()[1] as usize;
@@ -301,8 +301,8 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
         }
         let target = Tensor::from_slice(&target).view([bi, si, si]).to_device(device);
         let mask = present_mask(&batch.has_seg, device);
-        losses.push((Task::Segmentation, segmentation_loss(logits, &target, &mask)));
-        present.insert(Task::Segmentation, count(&batch.has_seg));
+        losses.push((Task::Seg, segmentation_loss(logits, &target, &mask)));
+        present.insert(Task::Seg, count(&batch.has_seg));
     }
     if let Some(pred) = &out.depth {
         check_len("has_depth", batch.has_depth.len(), b, batch)?;
@@ -339,7 +339,7 @@ impl Objective {
     /// under `p` (so it is trained, checkpointed and restored with the model).
     pub fn new(p: &nn::Path, tasks: &[Task], weights: BTreeMap<Task, f64>, uncertainty: bool) -> Objective {
         let log_vars = uncertainty.then(|| {
-            tasks.iter().map(|&t| (t, p.var(&format!("log_var_{}", t.key()), &[], nn::Init::Const(0.0)))).collect()
+            tasks.iter().map(|&t| (t, p.var(&format!("log_var_{}", t.as_str()), &[], nn::Init::Const(0.0)))).collect()
         });
         Objective { weights, log_vars }
     }
@@ -498,15 +498,15 @@ mod tests {
     #[test]
     fn uncertainty_weighting_adds_log_variance_only_for_present_tasks() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let weights = BTreeMap::from([(Task::Classification, 2.0), (Task::Depth, 0.5)]);
-        let obj = Objective::new(&vs.root(), &[Task::Classification, Task::Depth], weights.clone(), false);
+        let weights = BTreeMap::from([(Task::Cls, 2.0), (Task::Depth, 0.5)]);
+        let obj = Objective::new(&vs.root(), &[Task::Cls, Task::Depth], weights.clone(), false);
         let losses = TaskLosses {
-            losses: vec![(Task::Classification, t(&[3.0]).sum(Kind::Float)), (Task::Depth, t(&[4.0]).sum(Kind::Float))],
-            present: BTreeMap::from([(Task::Classification, 2), (Task::Depth, 0)]),
+            losses: vec![(Task::Cls, t(&[3.0]).sum(Kind::Float)), (Task::Depth, t(&[4.0]).sum(Kind::Float))],
+            present: BTreeMap::from([(Task::Cls, 2), (Task::Depth, 0)]),
             parts: vec![],
         };
         assert!((scalar(&obj.total(&losses)) - 8.0).abs() < 1e-6);
-        let obj = Objective::new(&vs.root(), &[Task::Classification, Task::Depth], weights, true);
+        let obj = Objective::new(&vs.root(), &[Task::Cls, Task::Depth], weights, true);
         // s = 0: exp(0)·w·L summed, plus s for present tasks (0): same 8.
         assert!((scalar(&obj.total(&losses)) - 8.0).abs() < 1e-6);
         assert_eq!(vs.trainable_variables().len(), 2);

@@ -500,7 +500,7 @@ impl Window {
         for (task, l) in &losses.losses {
             // A task with no rows in this batch contributes an exact 0 that says nothing: leave it out.
             if losses.present.get(task).copied().unwrap_or(0) > 0 {
-                let e = self.tasks.entry(task.key()).or_default();
+                let e = self.tasks.entry(task.as_str()).or_default();
                 e.0 += l.double_value(&[]);
                 e.1 += 1;
             }

@@ -62,7 +62,7 @@ fn missing_column_names_file_and_column() {
     assert!(matches!(err, DataError::Column { ref column, .. } if column == "seg_mask"), "{msg}");
     assert!(msg.contains(&rel) && msg.contains("seg_mask"), "{msg}");
     // Without the segmentation task the same file is fine: only needed columns are checked and read.
-    let (_dir2, _, ok) = load_one(batch, vec![Task::Classification, Task::Depth]);
+    let (_dir2, _, ok) = load_one(batch, vec![Task::Cls, Task::Depth]);
     ok.unwrap().next_batch().unwrap();
 }
 
@@ -144,7 +144,7 @@ fn labels_that_break_the_config_name_file_column_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let (path, root) = local_root(dir.path(), "d");
     let rel = runtime().block_on(commit_batches(&root, 0, 1, &[good_batch(2)], 8));
-    let mut cfg = config(vec![spec("d", &path, vec![Task::Classification])], 32, 2);
+    let mut cfg = config(vec![spec("d", &path, vec![Task::Cls])], 32, 2);
     cfg.num_classes.cls = 3;
     let mut loader = Loader::new(cfg, SamplerState::default()).unwrap();
     let err = loader.next_batch().err().unwrap();
@@ -154,7 +154,7 @@ fn labels_that_break_the_config_name_file_column_and_key() {
     assert!(loader.next_batch().is_err());
 
     // Mask class 2 with only two seg classes.
-    let mut cfg = config(vec![spec("d", &path, vec![Task::Segmentation])], 32, 2);
+    let mut cfg = config(vec![spec("d", &path, vec![Task::Seg])], 32, 2);
     cfg.num_classes.seg = 2;
     let err = Loader::new(cfg, SamplerState::default()).unwrap().next_batch().err().unwrap();
     let msg = message(&err);

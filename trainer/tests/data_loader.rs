@@ -54,11 +54,7 @@ fn batches_follow_the_contract() {
         write_shard(&root_b, 0, 1, &records, 3).await;
     });
     // Dataset a trains only cls and seg even though it has every label; b has no labels at all.
-    let mut cfg = config(
-        vec![spec("a", &path_a, vec![Task::Classification, Task::Segmentation]), spec("b", &path_b, all_tasks())],
-        40,
-        12,
-    );
+    let mut cfg = config(vec![spec("a", &path_a, vec![Task::Cls, Task::Seg]), spec("b", &path_b, all_tasks())], 40, 12);
     cfg.passes = Some(1);
     let mut loader = Loader::new(cfg, SamplerState::default()).unwrap();
     let b = loader.next_batch().unwrap();

@@ -3,15 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::Instant;
 
 use fast_image_resize::Resizer;
 use schemas::{ErrorRecord, ImageRecord, Stage};
 use shards::inputs::InputEntry;
 
+use super::budget::{cut, ByteBudget};
 use super::fault::{self, Fault, FaultStage};
 use super::fetch::Fetched;
-use super::records::{error_record, schema_task};
+use super::records::error_record;
 use super::supervised::{supervised_labels, DatasetCtx};
 use super::{Chunk, StageClock};
 use crate::config::LabelConfig;
@@ -40,6 +42,18 @@ pub(super) struct Decoded {
     pub(super) outcome: Result<(decode::DecodedImage, ImageRecord, Vec<Option<TeacherInput>>), ErrorRecord>,
 }
 
+/// Bytes of resized teacher inputs one image needs (an input at the image's own size counts as the image).
+fn teacher_input_bytes(specs: &[TeacherSpec]) -> u64 {
+    specs
+        .iter()
+        .filter(|s| s.resize != crate::spec::Resize::Original)
+        .map(|s| {
+            let area = s.input_size[0] as f64 * s.input_size[1] as f64 * 3.0;
+            s.scales.iter().map(|&k| area * (k as f64) * (k as f64)).sum::<f64>() as u64
+        })
+        .sum()
+}
+
 /// How the decode stage treats each input.
 pub(super) struct DecodeSettings {
     pub(super) limits: DecodeLimits,
@@ -47,6 +61,8 @@ pub(super) struct DecodeSettings {
     pub(super) scaled_min_side: Option<u32>,
     pub(super) store_images: bool,
     pub(super) fault: Option<Fault>,
+    /// Decoded pixels (and resized teacher inputs) the stages after decoding may hold at once.
+    pub(super) budget: Arc<ByteBudget>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -60,26 +76,47 @@ pub(super) fn decode_stage(
     clocks: &BTreeMap<&'static str, StageClock>,
 ) -> u64 {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("decode thread pool");
+    let per_image_inputs = teacher_input_bytes(specs);
+    let part_bytes = (settings.budget.capacity() / 4).max(1);
     let mut done = 0u64;
     for chunk in rx {
         fault::hook(settings.fault, FaultStage::Decode, chunk.first, chunk.items.len());
-        let t = Instant::now();
-        let first = chunk.first;
-        let items: Vec<Decoded> = pool.install(|| {
-            use rayon::prelude::*;
-            chunk
-                .items
-                .into_par_iter()
-                .enumerate()
-                .map_init(Resizer::new, |resizer, (i, f)| {
-                    decode_one(f, first + i as u64, settings, specs, resizer, datasets)
-                })
-                .collect()
-        });
-        clocks["decode"].add(t.elapsed());
-        done += items.len() as u64;
-        if tx.send(Chunk { seq: chunk.seq, first: chunk.first, items }).is_err() {
-            break;
+        // Decode in parts whose pixels fit a quarter of the budget, each holding its bytes before it is
+        // decoded: sizes come from the image headers, so a run of large images cannot all be decoded at once.
+        let sizes: Vec<u64> = chunk
+            .items
+            .iter()
+            .map(|f| f.bytes.as_ref().map_or(0, |b| decode::decoded_size_hint(b) + per_image_inputs))
+            .collect();
+        let parts = cut(&sizes, usize::MAX, part_bytes);
+        // The encoded bytes stay held only when the records carry them to the writer; then the last part
+        // holds them, so they are returned once the whole chunk is written.
+        let mut fetched_permits = if settings.store_images { chunk.permits } else { Vec::new() };
+        let mut items = chunk.items.into_iter();
+        let last = parts.len().saturating_sub(1);
+        for (p, range) in parts.into_iter().enumerate() {
+            let permit = settings.budget.acquire(sizes[range.clone()].iter().sum());
+            let first = chunk.first + range.start as u64;
+            let part: Vec<Fetched> = items.by_ref().take(range.len()).collect();
+            let t = Instant::now();
+            let decoded: Vec<Decoded> = pool.install(|| {
+                use rayon::prelude::*;
+                part.into_par_iter()
+                    .enumerate()
+                    .map_init(Resizer::new, |resizer, (i, f)| {
+                        decode_one(f, first + i as u64, settings, specs, resizer, datasets)
+                    })
+                    .collect()
+            });
+            clocks["decode"].add(t.elapsed());
+            done += decoded.len() as u64;
+            let mut permits = vec![permit];
+            if p == last {
+                permits.append(&mut fetched_permits);
+            }
+            if tx.send(Chunk { first, items: decoded, permits }).is_err() {
+                return done;
+            }
         }
     }
     done
@@ -119,9 +156,7 @@ pub(super) fn decode_one(
         fault::hook(settings.fault, FaultStage::Prepare, image, 1);
         let inputs = specs
             .iter()
-            .map(|spec| {
-                rec.source(schema_task(spec.task)).is_none().then(|| TeacherInput::prepare(spec, &decoded.rgb, resizer))
-            })
+            .map(|spec| rec.source(spec.task).is_none().then(|| TeacherInput::prepare(spec, &decoded.rgb, resizer)))
             .collect();
         Ok((decoded, rec, inputs))
     })();

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use shards::Location;
 
 use tracing::warn;
 
+use super::budget::{cut, ByteBudget};
 use super::fault::{self, Fault, FaultStage};
 use super::records::error_record;
 use super::supervised::{fetch_label_files, DatasetCtx, FetchedLabels};
@@ -127,25 +129,43 @@ pub(super) async fn fetch_one(
     Ok(Fetched { entry, uri, bytes, truth })
 }
 
-/// Fetch every entry, a chunk at a time. Stops with an error when the store keeps failing (nothing of
-/// the shard is committed then); returns the number of inputs handed on.
+/// How the fetch stage cuts and bounds its chunks.
+pub(super) struct FetchLimits {
+    /// Images per chunk at most.
+    pub(super) chunk_images: usize,
+    /// Reads in flight at once.
+    pub(super) concurrency: usize,
+    /// An object larger than this is an error row (`too_large`).
+    pub(super) max_image_bytes: u64,
+    /// Encoded bytes the pipeline may hold at once; a chunk is also cut at a quarter of it.
+    pub(super) budget: Arc<ByteBudget>,
+}
+
+/// Fetch every entry, a chunk at a time, each chunk holding a permit for its planned bytes. Stops with an
+/// error when the store keeps failing (nothing of the shard is committed then); returns the number of
+/// inputs handed on.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fetch_stage(
     rt: &tokio::runtime::Runtime,
     entries: &[InputEntry],
     datasets: &HashMap<String, DatasetCtx>,
-    chunk: usize,
-    concurrency: usize,
-    max_bytes: u64,
+    limits: &FetchLimits,
     retry: &Retry,
     fault: Option<Fault>,
     clocks: &BTreeMap<&'static str, StageClock>,
     tx: SyncSender<Chunk<Fetched>>,
 ) -> Result<u64, PipelineError> {
     let mut sent = 0u64;
-    for (seq, part) in entries.chunks(chunk).enumerate() {
-        let first = (seq * chunk) as u64;
+    let (concurrency, max_bytes) = (limits.concurrency, limits.max_image_bytes);
+    let chunk_bytes = (limits.budget.capacity() / 4).max(1);
+    let sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
+    for range in cut(&sizes, limits.chunk_images, chunk_bytes) {
+        let first = range.start as u64;
+        let part = &entries[range];
         fault::hook(fault, FaultStage::Fetch, first, part.len());
+        // Planned sizes; an object over `max_image_bytes` is not read, so it holds nothing.
+        let planned: u64 = part.iter().map(|e| if e.size > max_bytes { 0 } else { e.size }).sum();
+        let permit = limits.budget.acquire(planned);
         let t = Instant::now();
         let items: Vec<Fetched> = rt.block_on(async {
             futures::stream::iter(part.iter().cloned())
@@ -174,7 +194,7 @@ pub(super) fn fetch_stage(
         })?;
         clocks["fetch"].add(t.elapsed());
         sent += items.len() as u64;
-        if tx.send(Chunk { seq: seq as u64, first, items }).is_err() {
+        if tx.send(Chunk { first, items, permits: vec![permit] }).is_err() {
             break;
         }
     }

@@ -1,9 +1,9 @@
-//! Data files: Parquet writer properties with the provenance footer, and files cut at a row or byte limit.
+//! Data files: Parquet writer properties with the provenance footer, and files cut at a row or byte limit
+//! and streamed to the store while they are written.
 
-use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use shards::inputs::InputIndex;
-use shards::ShardId;
+use shards::{DataFile, ShardCommitter, ShardId};
 
 use super::{PipelineError, LABELER_VERSION};
 use crate::config::LabelConfig;
@@ -53,63 +53,69 @@ pub(super) fn with_provenance(
     builder.build()
 }
 
-/// Rolls records into Parquet files of bounded size and hands them to the committer.
+/// Rolls rows into Parquet files of bounded size, each streamed to the store as it is written.
 pub(super) struct FileRoller {
+    kind: &'static str,
     schema: arrow_schema::SchemaRef,
     props: parquet::file::properties::WriterProperties,
-    writer: Option<ArrowWriter<Vec<u8>>>,
-    rows_in_file: u64,
+    file: Option<DataFile>,
     file_rows: u64,
     file_bytes: usize,
+    /// Write one (empty) file even when no row comes, so every shard has the same shape.
+    at_least_one: bool,
+    files_done: usize,
 }
 
 impl FileRoller {
     pub(super) fn new(
+        kind: &'static str,
         schema: arrow_schema::SchemaRef,
         props: parquet::file::properties::WriterProperties,
         file_rows: u64,
         file_bytes: usize,
+        at_least_one: bool,
     ) -> Self {
-        Self { schema, props, writer: None, rows_in_file: 0, file_rows, file_bytes }
+        Self { kind, schema, props, file: None, file_rows, file_bytes, at_least_one, files_done: 0 }
     }
 
-    /// Write `batch`, cutting files at `file_rows` rows (or `file_bytes`); returns the files completed.
-    pub(super) fn write(&mut self, batch: &arrow_array::RecordBatch) -> Result<Vec<(Vec<u8>, u64)>, PipelineError> {
-        let enc = |e: parquet::errors::ParquetError| PipelineError::Encode(e.to_string());
-        let mut done = Vec::new();
+    /// Write `batch`, cutting files at `file_rows` rows (or once `file_bytes` are encoded).
+    pub(super) async fn write(
+        &mut self,
+        committer: &mut ShardCommitter,
+        batch: &arrow_array::RecordBatch,
+    ) -> Result<(), PipelineError> {
         let mut offset = 0;
-        if batch.num_rows() == 0 && self.writer.is_none() {
-            // An empty batch still opens a file, so an empty errors file is written.
-            self.writer =
-                Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
-        }
         while offset < batch.num_rows() {
-            if self.writer.is_none() {
-                self.writer =
-                    Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(self.props.clone())).map_err(enc)?);
-            }
-            let room = (self.file_rows - self.rows_in_file) as usize;
-            let take = room.min(batch.num_rows() - offset);
-            let w = self.writer.as_mut().expect("writer");
-            w.write(&batch.slice(offset, take)).map_err(enc)?;
-            w.flush().map_err(enc)?;
+            let file = match &mut self.file {
+                Some(f) => f,
+                None => self.file.insert(committer.start_file(self.kind, self.schema.clone(), self.props.clone())?),
+            };
+            let take = ((self.file_rows - file.rows()) as usize).min(batch.num_rows() - offset);
+            file.write(&batch.slice(offset, take)).await?;
             offset += take;
-            self.rows_in_file += take as u64;
-            if self.rows_in_file >= self.file_rows || w.bytes_written() >= self.file_bytes {
-                done.extend(self.finish()?);
+            if file.rows() >= self.file_rows || file.bytes_written() >= self.file_bytes {
+                self.finish(committer).await?;
             }
         }
-        Ok(done)
+        Ok(())
     }
 
-    pub(super) fn finish(&mut self) -> Result<Option<(Vec<u8>, u64)>, PipelineError> {
-        match self.writer.take() {
-            None => Ok(None),
-            Some(w) => {
-                let bytes = w.into_inner().map_err(|e| PipelineError::Encode(e.to_string()))?;
-                let rows = std::mem::take(&mut self.rows_in_file);
-                Ok(Some((bytes, rows)))
-            }
+    /// Complete the open file, if any.
+    pub(super) async fn finish(&mut self, committer: &mut ShardCommitter) -> Result<(), PipelineError> {
+        if self.file.is_none() && self.at_least_one && self.files_done == 0 {
+            self.file = Some(committer.start_file(self.kind, self.schema.clone(), self.props.clone())?);
+        }
+        if let Some(file) = self.file.take() {
+            committer.finish_file(file).await?;
+            self.files_done += 1;
+        }
+        Ok(())
+    }
+
+    /// Abort the open file's upload (the attempt failed).
+    pub(super) async fn abort(&mut self) {
+        if let Some(file) = self.file.take() {
+            file.abort().await;
         }
     }
 }

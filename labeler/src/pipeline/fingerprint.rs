@@ -6,7 +6,6 @@ use schemas::{FingerprintTeacher, RunFingerprint, ShardManifest};
 use sha2::{Digest, Sha256};
 use shards::inputs::InputIndex;
 
-use super::records::schema_task;
 use super::LABELER_VERSION;
 use crate::config::LabelConfig;
 use crate::spec::TeacherSpec;
@@ -42,7 +41,7 @@ pub(super) fn fingerprint(
             .iter()
             .map(|(spec, sha)| FingerprintTeacher {
                 name: spec.name.clone(),
-                task: schema_task(spec.task),
+                task: spec.task,
                 model_sha256: sha.clone(),
                 spec_sha256: spec_sha256(spec),
             })

@@ -47,7 +47,7 @@ pub(super) fn inference_stage(
         clocks["inference"].add(t.elapsed());
         let session_after: f64 = teachers.iter().map(Teacher::session_seconds).sum();
         clocks["session"].add(Duration::from_secs_f64(session_after - session_before));
-        if tx.send(Chunk { seq: chunk.seq, first: chunk.first, items }).is_err() {
+        if tx.send(Chunk { first: chunk.first, items, permits: chunk.permits }).is_err() {
             break;
         }
     }

@@ -18,6 +18,7 @@
 // only add an allocation on the error path.
 #![allow(clippy::result_large_err)]
 
+mod budget;
 mod decode;
 mod fault;
 mod fetch;
@@ -53,8 +54,9 @@ pub use fault::{Fault, FaultStage};
 pub use plan::plan;
 pub use procfs::{peak_rss_bytes, process_cpu_seconds, resident_bytes};
 
+use budget::{ByteBudget, Permit};
 use decode::{decode_stage, DecodeSettings, Decoded};
-use fetch::{fetch_stage, Fetched, Retry};
+use fetch::{fetch_stage, FetchLimits, Fetched, Retry};
 use infer::{inference_stage, Inferred};
 use postprocess::postprocess_stage;
 use supervised::{DatasetCtx, SupervisedCtx};
@@ -179,10 +181,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
 }
 
 /// The unit that moves between stages: `items` are the shard's inputs `first..first + items.len()`.
+/// Stages may split a chunk into parts; the writer puts them back in input order by `first`.
 struct Chunk<T> {
-    seq: u64,
     first: u64,
     items: Vec<T>,
+    /// The bytes this chunk holds, taken from the shard's budgets; returned when the writer drops it.
+    permits: Vec<Permit>,
 }
 
 struct StageClock(AtomicU64);
@@ -324,11 +328,13 @@ pub fn run_shard_with(
             let datasets = datasets.clone();
             let clocks = clocks.clone();
             let (rt, entries, retry) = (&rt, &entries, &retry);
-            let max_bytes = cfg.run.max_image_bytes;
-            let concurrency = cfg.run.fetch_concurrency;
-            scope.spawn(move || {
-                fetch_stage(rt, entries, &datasets, chunk, concurrency, max_bytes, retry, fault, &clocks, fetch_tx)
-            })
+            let limits = FetchLimits {
+                chunk_images: chunk,
+                concurrency: cfg.run.fetch_concurrency,
+                max_image_bytes: cfg.run.max_image_bytes,
+                budget: ByteBudget::new(cfg.run.fetched_bytes_in_flight),
+            };
+            scope.spawn(move || fetch_stage(rt, entries, &datasets, &limits, retry, fault, &clocks, fetch_tx))
         };
         let decode_handle = {
             let clocks = clocks.clone();
@@ -336,7 +342,13 @@ pub fn run_shard_with(
             let threads = cfg.run.decode_threads;
             let specs = &specs;
             scope.spawn(move || {
-                let settings = DecodeSettings { limits, scaled_min_side: scaled_decode, store_images, fault };
+                let settings = DecodeSettings {
+                    limits,
+                    scaled_min_side: scaled_decode,
+                    store_images,
+                    fault,
+                    budget: ByteBudget::new(cfg.run.decoded_bytes_in_flight),
+                };
                 decode_stage(fetch_rx, decode_tx, threads, &settings, specs, &datasets, &clocks)
             })
         };

@@ -32,7 +32,7 @@ pub(super) fn postprocess_stage(
             chunk.items.into_par_iter().map(|item| finish_one(item, specs)).collect()
         });
         clocks["postprocess"].add(t.elapsed());
-        if tx.send(Chunk { seq: chunk.seq, first: chunk.first, items }).is_err() {
+        if tx.send(Chunk { first: chunk.first, items, permits: chunk.permits }).is_err() {
             break;
         }
     }

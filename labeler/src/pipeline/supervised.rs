@@ -108,33 +108,33 @@ impl SupervisedCtx {
             teachers.iter().find(|t| t.task == task).map(|t| t.classes.as_slice()).ok_or_else(|| {
                 PipelineError::Supervised {
                     file: file.to_owned(),
-                    reason: format!("{task:?} labels need a {task:?} teacher for their class list"),
+                    reason: format!("{0} labels need a {0} teacher for their class list", task.name()),
                 }
             })
         }
         let classification = match &labels.classification {
             None => None,
             Some(ClassLabels::Csv(file)) => {
-                let classes = classes_of(teachers, Task::Classification, file)?;
+                let classes = classes_of(teachers, Task::Cls, file)?;
                 let table = ClassTable::parse(file, &read_whole(file).await?, classes)?;
                 Some((ClassSource::Table(table), classes.len()))
             }
             Some(ClassLabels::Folders) => {
-                let classes = classes_of(teachers, Task::Classification, images)?;
+                let classes = classes_of(teachers, Task::Cls, images)?;
                 Some((ClassSource::Folders(ClassFolders::new(images, classes)), classes.len()))
             }
         };
         let detection = match &labels.detection {
             None => None,
             Some(d) => {
-                let classes = classes_of(teachers, Task::Detection, &d.coco)?;
+                let classes = classes_of(teachers, Task::Det, &d.coco)?;
                 Some(CocoBoxes::parse(&d.coco, &read_whole(&d.coco).await?, classes)?)
             }
         };
         let segmentation = match &labels.segmentation {
             None => None,
             Some(s) => {
-                let classes = classes_of(teachers, Task::Segmentation, &s.masks)?.len();
+                let classes = classes_of(teachers, Task::Seg, &s.masks)?.len();
                 let files = PerImageFiles { location: shards::open(&s.masks)?, extension: s.extension.clone() };
                 Some((files, classes))
             }

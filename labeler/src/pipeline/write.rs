@@ -13,7 +13,6 @@ use shards::{Location, ShardCommitter, ShardId};
 
 use super::fault::{self, Fault, FaultStage};
 use super::files::{provenance, with_provenance, FileRoller};
-use super::records::schema_task;
 use super::{Chunk, PipelineError, Progress, ShardStats, StageClock, LABELER_VERSION};
 use crate::config::LabelConfig;
 use crate::spec::TeacherSpec;
@@ -35,71 +34,21 @@ pub(super) fn write_stage(
     let kv = provenance(cfg, teachers, index, shard);
     let record_props = with_provenance(shards::encoding::record_writer_properties(), Some(cfg.run.row_group_rows), &kv);
     let error_props = with_provenance(shards::encoding::error_writer_properties(), None, &kv);
-    let mut records =
-        FileRoller::new(schemas::image_schema(), record_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
-    let mut errors =
-        FileRoller::new(schemas::error_schema(), error_props, cfg.run.file_rows as u64, cfg.run.file_bytes);
+    let (file_rows, file_bytes) = (cfg.run.file_rows as u64, cfg.run.file_bytes);
+    let mut records = FileRoller::new("records", schemas::image_schema(), record_props, file_rows, file_bytes, false);
+    let mut errors = FileRoller::new("errors", schemas::error_schema(), error_props, file_rows, file_bytes, true);
     let mut committer = rt.block_on(ShardCommitter::leased(out.clone(), shard, attempt, cfg.lease_ttl()))?;
-    let mut stats = ShardStats::default();
-    let mut pending: BTreeMap<u64, Vec<Result<ImageRecord, ErrorRecord>>> = BTreeMap::new();
-    let mut next = 0u64;
-    let mut rec_buf: Vec<ImageRecord> = Vec::new();
-    let mut err_buf: Vec<ErrorRecord> = Vec::new();
-    let row_group = cfg.run.row_group_rows;
-    let put = |committer: &mut ShardCommitter, files: Vec<(Vec<u8>, u64)>, kind: &str| -> Result<(), PipelineError> {
-        for (bytes, rows) in files {
-            rt.block_on(committer.put_file(kind, bytes, rows))?;
+    let result = write_rows(cfg, rt, &mut committer, &mut records, &mut errors, rx, progress, fault, clocks);
+    let stats = match result {
+        Ok(stats) => stats,
+        Err(e) => {
+            rt.block_on(async {
+                records.abort().await;
+                errors.abort().await;
+            });
+            return Err(e);
         }
-        Ok(())
     };
-    let flush_records =
-        |buf: &mut Vec<ImageRecord>, roller: &mut FileRoller| -> Result<Vec<(Vec<u8>, u64)>, PipelineError> {
-            if buf.is_empty() {
-                return Ok(Vec::new());
-            }
-            let batch = schemas::records_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
-            buf.clear();
-            roller.write(&batch)
-        };
-    for chunk in rx {
-        fault::hook(fault, FaultStage::Write, chunk.first, chunk.items.len());
-        pending.insert(chunk.seq, chunk.items);
-        while let Some(items) = pending.remove(&next) {
-            next += 1;
-            let t = Instant::now();
-            let n = items.len() as u64;
-            for item in items {
-                match item {
-                    Ok(rec) => {
-                        stats.labelled += 1;
-                        rec_buf.push(rec);
-                    }
-                    Err(e) => {
-                        stats.errors += 1;
-                        *stats.errors_by_reason.entry(e.reason.clone()).or_default() += 1;
-                        err_buf.push(e);
-                    }
-                }
-                if rec_buf.len() >= row_group {
-                    let f = flush_records(&mut rec_buf, &mut records)?;
-                    put(&mut committer, f, "records")?;
-                }
-            }
-            clocks["write"].add(t.elapsed());
-            progress.advance(n);
-        }
-    }
-    let t = Instant::now();
-    let f = flush_records(&mut rec_buf, &mut records)?;
-    put(&mut committer, f, "records")?;
-    let f = records.finish()?;
-    put(&mut committer, f.into_iter().collect(), "records")?;
-    // The errors file is always written (possibly empty) so every shard has the same shape.
-    let batch = schemas::errors_to_batch(&err_buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
-    let f = errors.write(&batch)?;
-    put(&mut committer, f, "errors")?;
-    let f = errors.finish()?;
-    put(&mut committer, f.into_iter().collect(), "errors")?;
     let manifest = ShardManifest {
         schema_version: schemas::SCHEMA_VERSION,
         shard: shard.index,
@@ -115,16 +64,96 @@ pub(super) fn write_stage(
         },
         teachers: teachers
             .iter()
-            .map(|(spec, sha)| ManifestTeacher {
-                name: spec.name.clone(),
-                task: schema_task(spec.task),
-                model_sha256: sha.clone(),
-            })
+            .map(|(spec, sha)| ManifestTeacher { name: spec.name.clone(), task: spec.task, model_sha256: sha.clone() })
             .collect(),
         ..Default::default()
     };
-    clocks["write"].add(t.elapsed());
     Ok(Written { committer, manifest, stats })
+}
+
+/// Rows held before they are encoded as one row group: at most `row_group_rows`, and at most this many
+/// bytes of stored images, so a batch's Binary column stays far below Arrow's 2 GiB offset limit and
+/// memory stays bounded when `store_images = true` with large images.
+const ROW_GROUP_IMAGE_BYTES: usize = 64 << 20;
+
+/// Re-order chunks into input order and stream their rows into the record and error files.
+#[allow(clippy::too_many_arguments)]
+fn write_rows(
+    cfg: &LabelConfig,
+    rt: &tokio::runtime::Runtime,
+    committer: &mut ShardCommitter,
+    records: &mut FileRoller,
+    errors: &mut FileRoller,
+    rx: Receiver<Chunk<Result<ImageRecord, ErrorRecord>>>,
+    progress: &dyn Progress,
+    fault: Option<Fault>,
+    clocks: &BTreeMap<&'static str, StageClock>,
+) -> Result<ShardStats, PipelineError> {
+    let mut stats = ShardStats::default();
+    let mut pending: BTreeMap<u64, Chunk<Result<ImageRecord, ErrorRecord>>> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut rec_buf: Vec<ImageRecord> = Vec::new();
+    let mut rec_image_bytes = 0usize;
+    let mut err_buf: Vec<ErrorRecord> = Vec::new();
+    let row_group = cfg.run.row_group_rows;
+    let flush_records = |buf: &mut Vec<ImageRecord>, committer: &mut ShardCommitter, roller: &mut FileRoller| {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let batch = schemas::records_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
+        buf.clear();
+        rt.block_on(roller.write(committer, &batch))
+    };
+    let flush_errors = |buf: &mut Vec<ErrorRecord>, committer: &mut ShardCommitter, roller: &mut FileRoller| {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let batch = schemas::errors_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
+        buf.clear();
+        rt.block_on(roller.write(committer, &batch))
+    };
+    for chunk in rx {
+        fault::hook(fault, FaultStage::Write, chunk.first, chunk.items.len());
+        pending.insert(chunk.first, chunk);
+        // A chunk's byte permits are returned when it is dropped here, once its rows are written.
+        while let Some(chunk) = pending.remove(&next) {
+            let t = Instant::now();
+            let n = chunk.items.len() as u64;
+            next += n;
+            for item in chunk.items {
+                match item {
+                    Ok(rec) => {
+                        stats.labelled += 1;
+                        rec_image_bytes += rec.image.as_ref().map_or(0, Vec::len);
+                        rec_buf.push(rec);
+                    }
+                    Err(e) => {
+                        stats.errors += 1;
+                        *stats.errors_by_reason.entry(e.reason.clone()).or_default() += 1;
+                        err_buf.push(e);
+                    }
+                }
+                if rec_buf.len() >= row_group || rec_image_bytes >= ROW_GROUP_IMAGE_BYTES {
+                    flush_records(&mut rec_buf, committer, records)?;
+                    rec_image_bytes = 0;
+                }
+                if err_buf.len() >= row_group {
+                    flush_errors(&mut err_buf, committer, errors)?;
+                }
+            }
+            clocks["write"].add(t.elapsed());
+            progress.advance(n);
+        }
+    }
+    let t = Instant::now();
+    flush_records(&mut rec_buf, committer, records)?;
+    flush_errors(&mut err_buf, committer, errors)?;
+    rt.block_on(async {
+        records.finish(committer).await?;
+        errors.finish(committer).await
+    })?;
+    clocks["write"].add(t.elapsed());
+    Ok(stats)
 }
 
 /// Everything the write stage put, ready to commit.

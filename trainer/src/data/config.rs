@@ -3,35 +3,10 @@
 //! The struct deserialises from the trainer's TOML (unknown fields are rejected) and is checked once by
 //! [`DataConfig::validate`] before any file is opened, so a typo fails before minutes of indexing.
 
+pub use schemas::Task;
 use serde::{Deserialize, Serialize};
 
 use super::DataError;
-
-/// A task of the student. Its name in config files is the snake-case variant name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    Classification,
-    Detection,
-    Segmentation,
-    Depth,
-}
-
-impl Task {
-    /// All tasks in a fixed order.
-    pub const ALL: [Task; 4] = [Task::Classification, Task::Detection, Task::Segmentation, Task::Depth];
-
-    /// Short name: the column prefix in record files (`cls_origin`, `det_boxes`, ...) and the task's name in
-    /// logs, metrics files and curves.
-    pub fn key(self) -> &'static str {
-        match self {
-            Task::Classification => "cls",
-            Task::Detection => "det",
-            Task::Segmentation => "seg",
-            Task::Depth => "depth",
-        }
-    }
-}
 
 /// One dataset: the output root of a labeler run (its committed shards) and the tasks to train from it.
 ///
@@ -180,13 +155,18 @@ impl DataConfig {
             }
             for task in &d.tasks {
                 let classes = match task {
-                    Task::Classification => self.num_classes.cls,
-                    Task::Detection => self.num_classes.det,
-                    Task::Segmentation => self.num_classes.seg,
+                    Task::Cls => self.num_classes.cls,
+                    Task::Det => self.num_classes.det,
+                    Task::Seg => self.num_classes.seg,
                     Task::Depth => 1,
                 };
                 if classes == 0 {
-                    return bad(format!("dataset {:?} trains {task:?} but num_classes.{} is 0", d.name, task.key()));
+                    return bad(format!(
+                        "dataset {:?} trains {} but num_classes.{} is 0",
+                        d.name,
+                        task.name(),
+                        task.as_str()
+                    ));
                 }
             }
         }

@@ -31,12 +31,7 @@ pub(crate) struct TaskSet {
 impl TaskSet {
     pub(crate) fn of(tasks: &[Task]) -> Self {
         let has = |t| tasks.contains(&t);
-        Self {
-            cls: has(Task::Classification),
-            det: has(Task::Detection),
-            seg: has(Task::Segmentation),
-            depth: has(Task::Depth),
-        }
+        Self { cls: has(Task::Cls), det: has(Task::Det), seg: has(Task::Seg), depth: has(Task::Depth) }
     }
 }
 

@@ -65,7 +65,7 @@ struct Ready {
 /// let datasets = vec![DatasetSpec {
 ///     name: "pool".into(),
 ///     location: "s3://bucket/labels/pool".into(),
-///     tasks: vec![Task::Classification, Task::Depth],
+///     tasks: vec![Task::Cls, Task::Depth],
 /// }];
 /// let cfg = DataConfig::new(datasets, 224, 32, NumClasses { cls: 10, det: 0, seg: 0 });
 /// let mut loader = Loader::new(cfg, SamplerState::default())?;

@@ -157,9 +157,9 @@ impl StudentConfig {
     /// Tasks that have a head, in [`Task::ALL`] order.
     pub fn tasks(&self) -> Vec<Task> {
         let has = |t: Task| match t {
-            Task::Classification => self.num_classes.is_some(),
-            Task::Detection => self.num_det_classes.is_some(),
-            Task::Segmentation => self.num_seg_classes.is_some(),
+            Task::Cls => self.num_classes.is_some(),
+            Task::Det => self.num_det_classes.is_some(),
+            Task::Seg => self.num_seg_classes.is_some(),
             Task::Depth => self.depth_head,
         };
         Task::ALL.into_iter().filter(|&t| has(t)).collect()
