@@ -679,7 +679,7 @@ mod tests {
         };
         write("{ segmentation = { masks = \"m\" } }");
         let err = LabelConfig::load(&file, None).unwrap_err().to_string();
-        assert!(err.contains("dataset[0].supervised.segmentation") && err.contains("Segmentation teacher"), "{err}");
+        assert!(err.contains("dataset[0].supervised.segmentation") && err.contains("segmentation teacher"), "{err}");
         write("{ depth = { maps = \"m\", format = \"npy\" } }");
         LabelConfig::load(&file, None).unwrap();
     }
