@@ -79,7 +79,7 @@ fn serve(client: TcpStream, upstream_port: u16, state: &ProxyState) -> std::io::
         && state.fail_next.compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     {
         state.faults.fetch_add(1, Ordering::SeqCst);
-        if left % 2 == 0 {
+        if left.is_multiple_of(2) {
             return reply(&mut client, "503 Slow Down", "SlowDown", "Please reduce your request rate.");
         }
         return client.shutdown(Shutdown::Both);
