@@ -3,7 +3,7 @@
 # Every run is `--mode host-only` of the label bench (the whole pipeline: fetch, decode, resize, post-process,
 # Parquet streamed to the store, commit; the teachers replay their first outputs, so the model's own memory
 # is the same at every size and the runs are fast). Each run is its own process, so each peak is its own.
-#   shard size:  shard 0 of 16, 4 and 1 over 16,384 640x480 JPEGs (1,024, 4,096 and 16,384 images);
+#   shard size:  shard 0 of 16, 4 and 1 over 16,384 640x480 JPEGs (1,024, 4,096 and 16,384 inputs);
 #   large images: 64 6000x4000 JPEGs with `store_images = true` (the encoded bytes travel to the writer).
 # Environment: CARGO, PY, BIN (release binaries), BENCH_DIR.
 set -euo pipefail
@@ -11,19 +11,34 @@ CARGO=${CARGO:-cargo}
 PY=${PY:-python3}
 BIN=${BIN:-target/release}
 DIR=${BENCH_DIR:-out/bench}
-POOL=21845        # the world writes every fourth image as PNG: 21,845 images hold 16,384 JPEGs
-LARGE_POOL=85     # 64 JPEGs of 6000x4000
+# Rendering is the slow part, so each world renders a share of the images and every JPEG is hard-linked under
+# several names: the labeler treats each name as its own input (fetch, decode, teachers, rows), which is
+# what memory depends on. The world writes every fourth image as PNG (left out by the configs).
+POOL=2731         # 2,048 JPEGs, each under 8 names: 16,384 inputs of 640x480
+LARGE_POOL=21     # 16 JPEGs, each under 4 names: 64 inputs of 6000x4000
 mkdir -p "$DIR"
 
-world() { # world DIR POOL WIDTH HEIGHT SEED
-  if [ "$(ls "$1/pool/images" 2>/dev/null | wc -l)" != "$2" ]; then
-    rm -rf "$1"
-    "$BIN/world" --out "$1" --seed "$5" --width "$3" --height "$4" --cls 0 --det 0 --seg 0 --depth 0 --eval 0 \
+world() { # world NAME POOL WIDTH HEIGHT SEED COPIES [UPSCALE_TO_WxH]
+  local dir="$DIR/$1" want=$(( ($2 - $2 / 4) * $6 ))
+  if [ "$(ls "$dir/inputs" 2>/dev/null | wc -l)" != "$want" ]; then
+    rm -rf "$dir"
+    "$BIN/world" --out "$dir" --seed "$5" --width "$3" --height "$4" --cls 0 --det 0 --seg 0 --depth 0 --eval 0 \
       --pool "$2"
+    if [ -n "${7:-}" ]; then
+      # The world renders at most 4096 px wide: upscale its JPEGs to camera size (quality 90, like a photo).
+      "$PY" -c 'import glob, sys; from PIL import Image
+w, h = map(int, sys.argv[2].split("x"))
+for f in glob.glob(sys.argv[1] + "/*.jpg"):
+    Image.open(f).convert("RGB").resize((w, h), Image.BICUBIC).save(f, quality=90)' "$dir/pool/images" "$7"
+    fi
+    mkdir -p "$dir/inputs"
+    for f in "$dir"/pool/images/*.jpg; do
+      for c in $(seq "$6"); do ln "$f" "$dir/inputs/copy$c-$(basename "$f")"; done
+    done
   fi
 }
-world "$DIR/world-16k" "$POOL" 640 480 16
-world "$DIR/world-huge" "$LARGE_POOL" 6000 4000 64
+world world-16k "$POOL" 640 480 16 8
+world world-huge "$LARGE_POOL" 1200 800 64 4 6000x4000
 
 bench_bin=$("$CARGO" bench -p labeler --bench label --no-run --message-format=json \
   | "$PY" -c 'import json, sys
