@@ -784,3 +784,58 @@ fn host_only_replay_run_still_ends_every_input_in_a_row_and_reports_stages() {
         assert!(stats.peak_rss_bytes.unwrap() > 0);
     }
 }
+
+#[test]
+fn a_model_run_that_fails_is_split_until_the_one_bad_image_is_an_error_row() {
+    // A teacher whose runs fail whenever the batch holds a bright image (tests/fixtures/make_fails_on_bright.py):
+    // the batch of eight fails, is retried, then split in halves until only the white image's run fails.
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..11 {
+        let (name, level) = if i == 5 { ("white.jpg".to_owned(), 255) } else { (format!("grey{i:02}.jpg"), 128) };
+        image::RgbImage::from_pixel(40, 30, image::Rgb([level, level, level])).save(images.join(name)).unwrap();
+    }
+    let teachers = dir.path().join("fails.toml");
+    let model = workspace().join("labeler/tests/fixtures/fails_on_bright.onnx");
+    std::fs::write(
+        &teachers,
+        format!(
+            "[[teacher]]\nname = \"fails-on-bright\"\nmodel = {:?}\npreset = \"torchvision-classification\"\n\
+             input_size = [32, 32]\nresize = {{ kind = \"stretch\" }}\nbatch = \"dynamic\"\nbatch_size = 8\n\
+             classes = [\"a\", \"b\", \"c\"]\n",
+            model.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let cfg_file = dir.path().join("label.toml");
+    std::fs::write(
+        &cfg_file,
+        format!(
+            "teachers = [{:?}]\noutput = {:?}\n[run]\nmax_error_fraction = 0.5\n[[dataset]]\nname = \"d\"\nlocation = {:?}\n",
+            teachers.to_str().unwrap(),
+            output.to_str().unwrap(),
+            images.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = LabelConfig::load(&cfg_file, None).unwrap();
+    plan_and_run(&cfg, 0, 1, "a");
+    let output = output.to_string_lossy().into_owned();
+    let errors = read_errors(&output);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(
+        (e.key.as_str(), e.stage, e.reason.as_str()),
+        ("white.jpg", schemas::Stage::Inference, "inference_failed")
+    );
+    assert!(e.detail.contains("Gather"), "the runtime's reason is kept: {e:?}");
+    let records = read_records(&output);
+    assert_eq!(records.len(), 10);
+    for r in &records {
+        assert!(r.key.starts_with("grey"), "{}", r.key);
+        let cls = r.cls.as_ref().expect("every grey image is labelled");
+        assert!((cls.probs.iter().sum::<f32>() - 1.0).abs() < 1e-3, "{cls:?}");
+    }
+}
