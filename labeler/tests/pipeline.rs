@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -36,6 +36,25 @@ fn plan_and_run(cfg: &LabelConfig, k: u64, n: u64, attempt: &str) -> ShardOutcom
         pipeline::plan(cfg).unwrap();
     }
     pipeline::run_shard(cfg, ShardId { index: k, count: n }, attempt, &NoProgress).unwrap()
+}
+
+/// A config under `dir` labelling `images` (dataset "d") into `dir/out` with one teacher, whose
+/// `[[teacher]]` fields are `teacher` (written to `dir/teachers_file`); returns the config's path.
+fn one_teacher_config(dir: &Path, teachers_file: &str, teacher: &str, images: &Path, run_extra: &str) -> PathBuf {
+    let teachers = dir.join(teachers_file);
+    std::fs::write(&teachers, format!("[[teacher]]\n{teacher}")).unwrap();
+    let cfg_file = dir.join("label.toml");
+    std::fs::write(
+        &cfg_file,
+        format!(
+            "teachers = [{:?}]\noutput = {:?}\n[run]\n{run_extra}\n[[dataset]]\nname = \"d\"\nlocation = {:?}\n",
+            teachers.to_str().unwrap(),
+            dir.join("out").to_str().unwrap(),
+            images.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    cfg_file
 }
 
 fn index_of(key: &str) -> u64 {
@@ -675,27 +694,18 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_spec_that_does_not_fit_its_model_fails_before_any_image_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let teachers = dir.path().join("bad.toml");
     let model = workspace().join("tools/teachers/onnx/classifier.onnx");
-    std::fs::write(
-        &teachers,
-        format!(
-            "[[teacher]]\nname = \"wrong-classes\"\nmodel = {:?}\npreset = \"torchvision-classification\"\ninput_size = [96, 96]\nresize = {{ kind = \"stretch\" }}\nclasses = [\"a\", \"b\", \"c\"]\n",
+    let cfg_file = one_teacher_config(
+        dir.path(),
+        "bad.toml",
+        &format!(
+            "name = \"wrong-classes\"\nmodel = {:?}\npreset = \"torchvision-classification\"\ninput_size = [96, 96]\n\
+             resize = {{ kind = \"stretch\" }}\nclasses = [\"a\", \"b\", \"c\"]\n",
             model.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    let output = dir.path().join("out");
-    let cfg_file = dir.path().join("label.toml");
-    std::fs::write(
-        &cfg_file,
-        format!(
-            "teachers = [{:?}]\noutput = {:?}\n[[dataset]]\nname = \"d\"\nlocation = \"/nonexistent/never/read\"\n",
-            teachers.to_str().unwrap(),
-            output.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+        Path::new("/nonexistent/never/read"),
+        "",
+    );
     let cfg = LabelConfig::load(&cfg_file, None).unwrap();
     // Planning loads every teacher before it lists a dataset (the location above does not exist).
     let err = pipeline::plan(&cfg).unwrap_err().to_string();
@@ -796,33 +806,22 @@ fn a_model_run_that_fails_is_split_until_the_one_bad_image_is_an_error_row() {
         let (name, level) = if i == 5 { ("white.jpg".to_owned(), 255) } else { (format!("grey{i:02}.jpg"), 128) };
         image::RgbImage::from_pixel(40, 30, image::Rgb([level, level, level])).save(images.join(name)).unwrap();
     }
-    let teachers = dir.path().join("fails.toml");
     let model = workspace().join("labeler/tests/fixtures/fails_on_bright.onnx");
-    std::fs::write(
-        &teachers,
-        format!(
-            "[[teacher]]\nname = \"fails-on-bright\"\nmodel = {:?}\npreset = \"torchvision-classification\"\n\
+    let cfg_file = one_teacher_config(
+        dir.path(),
+        "fails.toml",
+        &format!(
+            "name = \"fails-on-bright\"\nmodel = {:?}\npreset = \"torchvision-classification\"\n\
              input_size = [32, 32]\nresize = {{ kind = \"stretch\" }}\nbatch = \"dynamic\"\nbatch_size = 8\n\
              classes = [\"a\", \"b\", \"c\"]\n",
             model.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    let output = dir.path().join("out");
-    let cfg_file = dir.path().join("label.toml");
-    std::fs::write(
-        &cfg_file,
-        format!(
-            "teachers = [{:?}]\noutput = {:?}\n[run]\nmax_error_fraction = 0.5\n[[dataset]]\nname = \"d\"\nlocation = {:?}\n",
-            teachers.to_str().unwrap(),
-            output.to_str().unwrap(),
-            images.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+        &images,
+        "max_error_fraction = 0.5\n",
+    );
     let cfg = LabelConfig::load(&cfg_file, None).unwrap();
     plan_and_run(&cfg, 0, 1, "a");
-    let output = output.to_string_lossy().into_owned();
+    let output = dir.path().join("out").to_string_lossy().into_owned();
     let errors = read_errors(&output);
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = &errors[0];

@@ -9,6 +9,7 @@
 # tools/bench/label_table.py keeps each side's best round and prints every round's ratio).
 # Environment: CARGO, PY, BIN (release binaries), BENCH_DIR, LABEL_ROUNDS, LABEL_POOL.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 CARGO=${CARGO:-cargo}
 PY=${PY:-python3}
 BIN=${BIN:-target/release}
@@ -25,13 +26,7 @@ if [ "$(ls "$DIR/world/pool/images" 2>/dev/null | wc -l)" != "$POOL" ]; then
   "$BIN/world" --out "$DIR/world" --width 640 --height 480 --cls 0 --det 0 --seg 0 --depth 0 --eval 0 --pool "$POOL"
 fi
 
-# Build the bench binary once and run it directly, so nothing rebuilds in the middle of the measurements.
-bench_bin=$("$CARGO" bench -p labeler --bench label --no-run --message-format=json \
-  | "$PY" -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
-        print(m["executable"])')
+bench_bin=$(label_bench_bin)
 
 echo "machine: $(nproc) cores,$(lscpu | grep 'Model name' | cut -d: -f2 | tr -s ' '); $(uptime | sed 's/.*load/load/')"
 rm -f "$DIR"/label-*.json

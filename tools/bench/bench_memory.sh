@@ -7,6 +7,7 @@
 #   large images: 64 6000x4000 JPEGs with `store_images = true` (the encoded bytes travel to the writer).
 # Environment: CARGO, PY, BIN (release binaries), BENCH_DIR.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 CARGO=${CARGO:-cargo}
 PY=${PY:-python3}
 BIN=${BIN:-target/release}
@@ -40,12 +41,7 @@ for f in glob.glob(sys.argv[1] + "/*.jpg"):
 world world-16k "$POOL" 640 480 16 8
 world world-huge "$LARGE_POOL" 1200 800 64 4 6000x4000
 
-bench_bin=$("$CARGO" bench -p labeler --bench label --no-run --message-format=json \
-  | "$PY" -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
-        print(m["executable"])')
+bench_bin=$(label_bench_bin)
 
 echo "machine: $(nproc) cores,$(lscpu | grep 'Model name' | cut -d: -f2 | tr -s ' '); $(uptime | sed 's/.*load/load/')"
 rm -f "$DIR"/memory-*.json

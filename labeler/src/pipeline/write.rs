@@ -96,22 +96,21 @@ fn write_rows(
     let mut rec_image_bytes = 0usize;
     let mut err_buf: Vec<ErrorRecord> = Vec::new();
     let row_group = cfg.run.row_group_rows;
-    let flush_records = |buf: &mut Vec<ImageRecord>, committer: &mut ShardCommitter, roller: &mut FileRoller| {
+    // Encode the held rows as one row group of `roller`'s file.
+    fn flush<T>(
+        rt: &tokio::runtime::Runtime,
+        buf: &mut Vec<T>,
+        to_batch: fn(&[T]) -> Result<arrow_array::RecordBatch, schemas::BatchError>,
+        committer: &mut ShardCommitter,
+        roller: &mut FileRoller,
+    ) -> Result<(), PipelineError> {
         if buf.is_empty() {
             return Ok(());
         }
-        let batch = schemas::records_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
+        let batch = to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
         buf.clear();
         rt.block_on(roller.write(committer, &batch))
-    };
-    let flush_errors = |buf: &mut Vec<ErrorRecord>, committer: &mut ShardCommitter, roller: &mut FileRoller| {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let batch = schemas::errors_to_batch(buf).map_err(|e| PipelineError::Encode(e.to_string()))?;
-        buf.clear();
-        rt.block_on(roller.write(committer, &batch))
-    };
+    }
     for chunk in rx {
         fault::hook(fault, FaultStage::Write, chunk.first, chunk.items.len());
         pending.insert(chunk.first, chunk);
@@ -134,11 +133,11 @@ fn write_rows(
                     }
                 }
                 if rec_buf.len() >= row_group || rec_image_bytes >= ROW_GROUP_IMAGE_BYTES {
-                    flush_records(&mut rec_buf, committer, records)?;
+                    flush(rt, &mut rec_buf, schemas::records_to_batch, committer, records)?;
                     rec_image_bytes = 0;
                 }
                 if err_buf.len() >= row_group {
-                    flush_errors(&mut err_buf, committer, errors)?;
+                    flush(rt, &mut err_buf, schemas::errors_to_batch, committer, errors)?;
                 }
             }
             clocks["write"].add(t.elapsed());
@@ -146,8 +145,8 @@ fn write_rows(
         }
     }
     let t = Instant::now();
-    flush_records(&mut rec_buf, committer, records)?;
-    flush_errors(&mut err_buf, committer, errors)?;
+    flush(rt, &mut rec_buf, schemas::records_to_batch, committer, records)?;
+    flush(rt, &mut err_buf, schemas::errors_to_batch, committer, errors)?;
     rt.block_on(async {
         records.finish(committer).await?;
         errors.finish(committer).await
