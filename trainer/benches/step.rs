@@ -48,6 +48,7 @@ fn model(name: &str) -> StudentConfig {
             num_det_classes: Some(DET),
             num_seg_classes: Some(SEG),
             depth_head: true,
+            normals_head: false,
         },
         "tiny" => StudentConfig::tiny(CLS, DET, SEG),
         other => panic!("unknown model {other:?} (r18 or tiny)"),

@@ -89,7 +89,7 @@ fn default_head_convs() -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
-    /// SGD with (optionally Nesterov) momentum, as in the paper.
+    /// SGD with (optionally Nesterov) momentum (the paper does not name its optimiser).
     Sgd,
     /// Adam with decoupled weight decay.
     Adamw,
@@ -461,6 +461,7 @@ impl TrainConfig {
             num_det_classes: tasks.contains(&Task::Det).then_some(nc.det),
             num_seg_classes: tasks.contains(&Task::Seg).then_some(nc.seg),
             depth_head: tasks.contains(&Task::Depth),
+            normals_head: false,
         }
     }
 

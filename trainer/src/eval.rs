@@ -10,11 +10,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::batch::Batch;
 use crate::data::{DataConfig, DataError, Loader, SamplerState};
+use crate::error::TrainError;
 use crate::loss::images_tensor;
 use crate::metrics::{self, ClsAccumulator, DepthAccumulator, DetAccumulator, Score, SegAccumulator};
 use crate::model::fcos::{decode, DecodeParams};
 use crate::model::{Student, StudentOutput};
-use crate::train::TrainError;
 
 /// Metrics of one evaluation, keyed by metric name (`cls_top1`, `det_ap50`, `seg_miou`, `depth_delta1`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -6,19 +6,25 @@
 //! - [`loss`]: per-task losses and their weighted sum;
 //! - [`optim`]: SGD / AdamW with saveable state, cosine schedule with warm-up;
 //! - [`checkpoint`]: atomic checkpoints;
-//! - [`train`]: the run loop, metrics log; [`eval`] and [`metrics`]: evaluation; [`plot`]: curves;
-//! - [`config`]: the TOML run configuration.
+//! - [`train`]: the run loop; [`metrics_log`]: the run's `metrics.jsonl`; [`error`]: the error type;
+//! - [`eval`] and [`metrics`]: evaluation; [`plot`]: curves;
+//! - [`finetune`]: transfer — the pre-trained trunk with a new head, fine-tuned on a downstream task;
+//! - [`progress`]: how runs report progress; [`config`]: the TOML run configuration.
 
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod loss;
 pub mod metrics;
+pub mod metrics_log;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod progress;
 pub mod train;
 
 #[cfg(test)]

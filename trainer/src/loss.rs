@@ -13,6 +13,8 @@
 //!   image (median 0, mean absolute deviation 1) so that the loss does not depend on the teacher's units;
 //!   the prediction is then aligned to the target by per-image least squares (scale s, shift t over the
 //!   valid pixels, gradients flow through s and t) and the loss is the mean absolute error.
+//! - surface normals (fine-tuning only): the angular (cosine) loss `1 − cos θ` between the unit prediction
+//!   and the truth, averaged over each row's valid pixels.
 //!
 //! The total is `L = Σ wᵢ Lᵢ` with `wᵢ = (b_s·lr_t,ᵢ)/(b_t,ᵢ·lr_s)` (or an override) computed in `config`;
 //! with uncertainty weighting (Kendall et al.) each task also has a learned log-variance `sᵢ` and
@@ -177,6 +179,15 @@ pub fn depth_loss(pred: &Tensor, target: &Tensor, valid: &Tensor, present: &Tens
     let dims = [1i64, 2].as_slice();
     let n = mask.sum_dim_intlist(dims, false, Kind::Float);
     let row = ((aligned - target).abs() * &mask).sum_dim_intlist(dims, false, Kind::Float) / n.clamp_min(1.0);
+    masked_mean_rows(&row, &n.gt(0.0).to_kind(Kind::Float))
+}
+
+/// `pred` `[B, 3, S, S]` unit normals, `target` `[B, 3, S, S]` unit normals, `valid` `[B, S, S]` 0/1.
+pub fn normals_loss(pred: &Tensor, target: &Tensor, valid: &Tensor) -> Tensor {
+    let cos = (pred * target).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let dims = [1i64, 2].as_slice();
+    let n = valid.sum_dim_intlist(dims, false, Kind::Float);
+    let row = ((-cos + 1.0) * valid).sum_dim_intlist(dims, false, Kind::Float) / n.clamp_min(1.0);
     masked_mean_rows(&row, &n.gt(0.0).to_kind(Kind::Float))
 }
 

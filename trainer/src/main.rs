@@ -4,10 +4,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use trainer::config::{DeviceChoice, Overrides, TrainConfig};
+use trainer::finetune::{self, FinetuneConfig, FinetuneOptions, FinetuneOverrides};
+use trainer::progress::Progress;
 use trainer::train::{self, RunOptions};
 
 #[derive(Parser)]
@@ -60,6 +63,28 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Fine-tune the pre-trained trunk with a new head on a downstream task, over a learning-rate × steps
+    /// grid; the best point on the validation split is reported on the test split.
+    Finetune {
+        /// The fine-tuning TOML file (see configs/finetune-normals.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (overrides `out`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Pre-training run or checkpoint directory (overrides `[init] checkpoint`).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Freeze ResNet + FPN and train only the head (overrides `grid.linear_probe`).
+        #[arg(long)]
+        linear_probe: bool,
+        /// auto | cpu | cuda (overrides `run.device`).
+        #[arg(long)]
+        device: Option<DeviceChoice>,
+        /// libtorch intra-op threads (overrides `run.threads`).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Redraw `<run>/curves.png` from `<run>/metrics.jsonl`.
     Plot {
         /// The run directory.
@@ -78,7 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Train { cfg, steps, stop_after } => {
             let config = load(&cfg, steps)?;
-            let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop_after };
+            let opts = RunOptions { progress: terminal_bar(), stop_after };
             let summary = train::run(&config, &opts)?;
             println!(
                 "run {}: steps {}..{} of {}{}",
@@ -117,12 +142,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("note: not every metric is above its trivial baseline");
             }
         }
+        Command::Finetune { config, out, checkpoint, linear_probe, device, threads } => {
+            let overrides =
+                FinetuneOverrides { out, checkpoint, device, threads, linear_probe: linear_probe.then_some(true) };
+            let cfg = FinetuneConfig::load(&config, &overrides)?;
+            let report = finetune::run(&cfg, &FinetuneOptions { progress: terminal_bar() })?;
+            print!("{}", report.table());
+            println!("run {}: eval.json, curves.png", cfg.out.display());
+        }
         Command::Plot { run } => {
-            let path = trainer::plot::draw_run(&run)?;
+            let is_finetune = std::fs::read_to_string(run.join("metrics.jsonl"))
+                .is_ok_and(|t| t.lines().next().is_some_and(|l| l.contains("\"kind\":\"finetune\"")));
+            let path = if is_finetune { trainer::plot::draw_finetune(&run)? } else { trainer::plot::draw_run(&run)? };
             println!("{}", path.display());
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr, when stderr is a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, phase: &str, total: u64, position: u64) {
+        self.0.reset();
+        self.0.set_length(total);
+        self.0.set_position(position);
+        self.0.set_prefix(phase.to_owned());
+    }
+    fn update(&self, position: u64, message: &str) {
+        self.0.set_position(position);
+        self.0.set_message(message.to_owned());
+    }
+    fn println(&self, line: &str) {
+        self.0.println(line.trim_end());
+    }
+    fn finish(&self) {
+        self.0.finish();
+    }
+}
+
+fn terminal_bar() -> Option<Arc<dyn Progress>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} {prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(Arc::new(Bar(bar)))
 }
 
 fn main() -> ExitCode {

@@ -10,12 +10,15 @@
 //!   aligning the predicted inverse depth to the target's by per-image least-squares scale and shift
 //!   (the protocol of MiDaS, whose outputs are relative); predicted depth is clipped to the image's
 //!   ground-truth range. Baseline: a constant prediction (after alignment: the mean inverse depth).
+//! - surface normals (fine-tuning only): the share of valid pixels whose angular error is under 11.25°
+//!   (the paper's DIODE metric) and the mean angular error in degrees. Baseline: one constant normal
+//!   for every pixel (fine-tuning uses the training set's mean normal).
 //!
 //! Everything here is plain host arithmetic over slices, so it is exact and easy to test.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::batch::BoxTarget;
 use crate::model::fcos::iou;
@@ -234,8 +237,66 @@ impl DepthAccumulator {
     }
 }
 
+/// Angular error of unit surface normals over valid pixels, and of a constant normal (the baseline).
+#[derive(Debug, Clone)]
+pub struct NormalsAccumulator {
+    constant: [f32; 3],
+    under: u64,
+    under_constant: u64,
+    total: u64,
+    sum_degrees: f64,
+    sum_degrees_constant: f64,
+}
+
+/// Angle under which a normal counts as right (the DIODE protocol's 11.25°).
+pub const NORMALS_THRESHOLD_DEGREES: f64 = 11.25;
+
+fn angle_degrees(a: [f32; 3], b: [f32; 3]) -> f64 {
+    let dot = f64::from(a[0] * b[0] + a[1] * b[1] + a[2] * b[2]);
+    let na = f64::from(a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sqrt();
+    let nb = f64::from(b[0] * b[0] + b[1] * b[1] + b[2] * b[2]).sqrt();
+    if na < 1e-12 || nb < 1e-12 {
+        return 180.0;
+    }
+    (dot / (na * nb)).clamp(-1.0, 1.0).acos().to_degrees()
+}
+
+impl NormalsAccumulator {
+    /// `constant`: the baseline's one prediction for every pixel (e.g. the mean training normal).
+    pub fn new(constant: [f32; 3]) -> Self {
+        Self { constant, under: 0, under_constant: 0, total: 0, sum_degrees: 0.0, sum_degrees_constant: 0.0 }
+    }
+
+    /// One image: `pred` and `truth` are `[3, H·W]` planes (x, y, z), `valid` is `H·W`.
+    pub fn add(&mut self, pred: &[f32], truth: &[f32], valid: &[u8]) {
+        let n = valid.len();
+        for i in (0..n).filter(|&i| valid[i] != 0) {
+            let t = [truth[i], truth[n + i], truth[2 * n + i]];
+            let deg = angle_degrees([pred[i], pred[n + i], pred[2 * n + i]], t);
+            let deg_constant = angle_degrees(self.constant, t);
+            self.sum_degrees += deg;
+            self.sum_degrees_constant += deg_constant;
+            self.under += u64::from(deg < NORMALS_THRESHOLD_DEGREES);
+            self.under_constant += u64::from(deg_constant < NORMALS_THRESHOLD_DEGREES);
+            self.total += 1;
+        }
+    }
+
+    /// Share of valid pixels under 11.25°, and the constant's share.
+    pub fn under_11_25(&self) -> Option<(f64, f64)> {
+        let n = self.total as f64;
+        (self.total > 0).then(|| (self.under as f64 / n, self.under_constant as f64 / n))
+    }
+
+    /// Mean angular error in degrees, and the constant's.
+    pub fn mean_degrees(&self) -> Option<(f64, f64)> {
+        let n = self.total as f64;
+        (self.total > 0).then(|| (self.sum_degrees / n, self.sum_degrees_constant / n))
+    }
+}
+
 /// One metric of one task, with its trivial baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub value: f64,
     pub baseline: f64,
@@ -246,6 +307,9 @@ pub const CLS_TOP1: &str = "cls_top1";
 pub const DET_AP50: &str = "det_ap50";
 pub const SEG_MIOU: &str = "seg_miou";
 pub const DEPTH_DELTA1: &str = "depth_delta1";
+pub const NORMALS_UNDER_11_25: &str = "normals_under_11_25";
+/// Lower is better (every other metric is higher-is-better).
+pub const NORMALS_MEAN_DEGREES: &str = "normals_mean_degrees";
 
 #[cfg(test)]
 mod tests {
@@ -293,6 +357,26 @@ mod tests {
         assert!((a.miou().unwrap() - (2.0 / 3.0 + 1.0 + 0.5) / 3.0).abs() < 1e-12);
         // Always class 0: IoU 3/5 for class 0, 0 for classes 1 and 2.
         assert!((a.constant_baseline().unwrap() - (3.0 / 5.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn normals_angles_and_constant_baseline() {
+        // Two pixels: truth up (0,-1,0) and facing the camera (0,0,-1); the third pixel is invalid.
+        let truth = [0.0, 0.0, 9.0, -1.0, 0.0, 9.0, 0.0, -1.0, 9.0];
+        let valid = [1, 1, 0];
+        let diagonal = [0.0, -std::f32::consts::FRAC_1_SQRT_2, -std::f32::consts::FRAC_1_SQRT_2];
+        let mut exact = NormalsAccumulator::new(diagonal);
+        exact.add(&truth, &truth, &valid);
+        assert_eq!(exact.under_11_25(), Some((1.0, 0.0)));
+        let (mean, mean_constant) = exact.mean_degrees().unwrap();
+        assert!(mean < 1e-3 && (mean_constant - 45.0).abs() < 1e-3, "{mean} {mean_constant}");
+        // Predicting (0,-1,0) everywhere: 0° on the first pixel, 90° on the second.
+        let up = [0.0, 0.0, 0.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0];
+        let mut half = NormalsAccumulator::new([0.0, -1.0, 0.0]);
+        half.add(&up, &truth, &valid);
+        assert_eq!(half.under_11_25(), Some((0.5, 0.5)));
+        assert!((half.mean_degrees().unwrap().0 - 45.0).abs() < 1e-4);
+        assert_eq!(NormalsAccumulator::new(diagonal).under_11_25(), None);
     }
 
     #[test]

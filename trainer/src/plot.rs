@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use canvas::{draw_line, draw_rect, draw_text, fill_rect, text_width, GLYPH_HEIGHT};
 use image::RgbImage;
 
-use crate::train::{read_metrics, TrainError};
+use crate::error::TrainError;
+use crate::metrics_log::read_metrics;
 
 const PANEL_W: u32 = 420;
 const PANEL_H: u32 = 270;
@@ -105,6 +106,40 @@ pub fn draw_run(run: &Path) -> Result<PathBuf, TrainError> {
     panel(&mut img, PANEL_W, 0, "EVAL METRICS (DASHED: TRIVIAL BASELINE)", &metrics, false);
     panel(&mut img, 0, PANEL_H, "LEARNING RATE", &lr, false);
     panel(&mut img, PANEL_W, PANEL_H, "THROUGHPUT (SAMPLES/S)", &speed, false);
+    save(&img, run)
+}
+
+/// Draws a fine-tuning run's `<run>/curves.png`: the loss of every grid point by step, and each point's
+/// validation and test metric in grid order (from the `point` records of `metrics.jsonl`).
+pub fn draw_finetune(run: &Path) -> Result<PathBuf, TrainError> {
+    let records = read_metrics(run)?;
+    let losses = series_from(&records, "finetune", |r| {
+        vec![(r["point"].as_str().unwrap_or("?").to_owned(), r["loss"].as_f64().unwrap_or(f64::NAN))]
+    });
+    let points: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "point").collect();
+    let metric = points
+        .first()
+        .and_then(|p| p["val"].as_object())
+        .and_then(|m| m.keys().find(|k| !k.ends_with("degrees")).cloned())
+        .unwrap_or_default();
+    let mut scores = Vec::new();
+    for (split, colour) in [("val", PALETTE[0]), ("test", PALETTE[1])] {
+        let pts = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p[split][&metric]["value"].as_f64().map(|v| (i as f64, v)))
+            .collect();
+        scores.push(Series { name: split.to_owned(), points: pts, dashed: false, colour });
+    }
+    let mut img = RgbImage::from_pixel(2 * PANEL_W, PANEL_H, image::Rgb(BACKGROUND));
+    panel(&mut img, 0, 0, "FINE-TUNING LOSS PER GRID POINT (LOG)", &losses, true);
+    let title = format!("{} PER GRID POINT (X: POINT INDEX)", metric.to_uppercase());
+    panel(&mut img, PANEL_W, 0, &title, &scores, false);
+    save(&img, run)
+}
+
+/// Writes `<run>/curves.png` atomically.
+fn save(img: &RgbImage, run: &Path) -> Result<PathBuf, TrainError> {
     let path = run.join("curves.png");
     let tmp = run.join(".curves.png.tmp");
     img.save_with_format(&tmp, image::ImageFormat::Png)

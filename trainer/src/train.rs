@@ -14,52 +14,24 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, CheckpointError, CheckpointState};
+use crate::checkpoint::{self, CheckpointState};
 use crate::config::{ConfigError, DeviceChoice, TrainConfig};
 use crate::data::{DataError, Loader, SamplerState};
+use crate::error::{io_err, TrainError};
 use crate::eval::{evaluate, EvalReport};
-use crate::loss::{images_tensor, task_losses, LossError, Objective};
+use crate::loss::{images_tensor, task_losses, Objective};
+use crate::metrics_log::MetricsLog;
 use crate::model::{Student, StudentConfig};
 use crate::optim::{learning_rate, Optimizer};
-
-/// Why a run stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Loss(#[from] LossError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("libtorch: {0}")]
-    Torch(String),
-    #[error("cannot resume from {path}: {reason}")]
-    Resume { path: String, reason: String },
-    #[error("step {step}: the {what} is not finite ({value}); lower optim.lr or check the labels")]
-    NonFinite { step: u64, what: String, value: f64 },
-    #[error("device: {0}")]
-    Device(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.display().to_string(), source }
-}
+use crate::progress::{Progress, Short};
 
 /// The device for a choice; asking for CUDA without a visible GPU is an error, not a fall-back.
 pub fn select_device(choice: DeviceChoice) -> Result<Device, TrainError> {
@@ -81,12 +53,13 @@ pub struct Model {
     pub objective: Objective,
 }
 
+/// libtorch's generator is process-global: hold this while seeding and drawing initial weights, so that
+/// two models built at once (threads, tests) still get exactly their seed's weights.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Model {
     /// A freshly initialised model for `cfg` (seeded by `run.init_seed`).
     pub fn new(cfg: &TrainConfig, device: Device) -> Model {
-        // libtorch's generator is process-global: hold it while seeding and drawing the initial weights,
-        // so that two models built at once (threads, tests) still get exactly their seed's weights.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(cfg.run.init_seed as i64);
         let vs = VarStore::new(device);
@@ -102,6 +75,13 @@ impl Model {
         let student = Student::new(&(vs.root() / "student"), config);
         let objective = Objective::new(&(vs.root() / "objective"), &[], BTreeMap::new(), false);
         Model { vs, student, objective }
+    }
+
+    /// A student-only model whose initial weights are drawn from `seed` (fine-tuning's new heads).
+    pub fn seeded_student(config: &StudentConfig, device: Device, seed: u64) -> Model {
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed as i64);
+        Model::student_only(config, device)
     }
 
     /// Every variable by name, sorted (trainable and buffers such as batch-norm statistics).
@@ -147,10 +127,10 @@ impl Model {
 }
 
 /// How a run is driven from the outside.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
-    /// Draw a progress bar (on a terminal) instead of log lines.
-    pub progress: bool,
+    /// Where progress goes (a bar on a terminal); without it the run logs a line every `log_every` steps.
+    pub progress: Option<Arc<dyn Progress>>,
     /// Stop after this many steps of this invocation (the run itself is not finished; used to split a
     /// run into several jobs, and by tests).
     pub stop_after: Option<u64>,
@@ -168,37 +148,6 @@ pub struct RunSummary {
     pub finished: bool,
     pub final_eval: Option<EvalReport>,
     pub skipped_images: u64,
-}
-
-/// Appends JSON lines to `metrics.jsonl`, flushing each so a killed run loses at most one line.
-struct MetricsLog {
-    path: PathBuf,
-    file: fs::File,
-}
-
-impl MetricsLog {
-    /// Opens the log, keeping only records at or before `step` (all of them are dropped for a new run).
-    fn open(path: &Path, keep_through: Option<u64>) -> Result<MetricsLog, TrainError> {
-        let mut kept = Vec::new();
-        if let (Some(step), Ok(f)) = (keep_through, fs::File::open(path)) {
-            for line in BufReader::new(f).lines() {
-                let line = line.map_err(io_err(path))?;
-                let at = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["step"].as_u64());
-                if at.is_some_and(|s| s <= step) {
-                    kept.push(line);
-                }
-            }
-        }
-        let mut file = fs::File::create(path).map_err(io_err(path))?;
-        for line in kept {
-            writeln!(file, "{line}").map_err(io_err(path))?;
-        }
-        Ok(MetricsLog { path: path.to_owned(), file })
-    }
-
-    fn write(&mut self, value: &serde_json::Value) -> Result<(), TrainError> {
-        writeln!(self.file, "{value}").and_then(|_| self.file.flush()).map_err(io_err(&self.path))
-    }
 }
 
 /// Dynamic loss scaling for mixed precision: grow after a run of finite steps, halve and skip on overflow.
@@ -274,15 +223,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
     let (parameters, buffers) = crate::model::count_parameters(&model.vs);
     tracing::info!(parameters, buffers, device = ?device, mixed_precision = mixed, "student");
 
-    let bar = opts.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(total_steps);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_position(start);
-        bar
-    });
+    let bar = opts.progress.as_deref();
+    if let Some(bar) = bar {
+        bar.start("train", total_steps, start);
+    }
     let stop_at = opts.stop_after.map_or(total_steps, |n| (start + n).min(total_steps));
     let mut step = start;
     let mut window = Window::default();
@@ -350,21 +294,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
         if step % cfg.run.log_every == 0 || step == stop_at {
             let record = window.record(step, lr, norm);
             log.write(&record)?;
-            match &bar {
-                Some(bar) => {
-                    bar.set_position(step);
-                    bar.set_message(format!(
-                        "loss {:.4} | {:.1} samples/s",
-                        window.mean_total(),
-                        window.samples_per_s()
-                    ));
-                }
+            match bar {
+                Some(bar) => bar.update(
+                    step,
+                    &format!("loss {} | {} samples/s", Short(window.mean_total()), Short(window.samples_per_s())),
+                ),
                 None => tracing::info!(
                     step,
-                    loss = window.mean_total(),
-                    lr,
-                    samples_per_s = window.samples_per_s(),
-                    data_wait = window.data_fraction(),
+                    loss = %Short(window.mean_total()),
+                    lr = %Short(lr),
+                    samples_per_s = %Short(window.samples_per_s()),
+                    data_wait = %Short(window.data_fraction()),
                     "train"
                 ),
             }
@@ -377,8 +317,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
         let eval_now = cfg.eval.is_some() && (last || (cfg.run.eval_every > 0 && step % cfg.run.eval_every == 0));
         if eval_now {
             let report = run_eval(cfg, &model, device, step, &mut log)?;
-            if let Some(bar) = &bar {
-                bar.println(report.table());
+            if let Some(bar) = bar {
+                bar.println(&report.table());
             }
             final_eval = Some(report);
         }
@@ -447,7 +387,7 @@ fn run_eval(
         "metrics": report.scores,
     }))?;
     for (name, s) in &report.scores {
-        tracing::info!(step, metric = %name, value = s.value, baseline = s.baseline, "eval");
+        tracing::info!(step, metric = %name, value = %Short(s.value), baseline = %Short(s.baseline), "eval");
     }
     let path = cfg.out.join("eval.json");
     let text = serde_json::to_vec_pretty(&json!({"step": step, "report": report}))
@@ -537,23 +477,4 @@ impl Window {
             "data_wait_fraction": self.data_fraction(),
         })
     }
-}
-
-/// Reads every record of a run's `metrics.jsonl`.
-pub fn read_metrics(run: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
-    let path = run.join("metrics.jsonl");
-    let f = fs::File::open(&path).map_err(io_err(&path))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(io_err(&path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v = serde_json::from_str(&line).map_err(|e| TrainError::Io {
-            path: path.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {}: {e}", i + 1)),
-        })?;
-        out.push(v);
-    }
-    Ok(out)
 }

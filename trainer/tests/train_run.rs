@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use data_support::*;
 use trainer::config::{Overrides, TrainConfig};
-use trainer::train::{self, read_metrics, RunOptions};
+use trainer::metrics_log::read_metrics;
+use trainer::train::{self, RunOptions};
 
 /// Two datasets of full records (every task labelled), committed as shards under `dir`.
 fn write_data(dir: &Path) -> (String, String) {

@@ -92,7 +92,7 @@ impl Geometry {
     }
 
     /// Canvas column of covered column `x`.
-    fn column(&self, x: usize) -> usize {
+    pub(crate) fn column(&self, x: usize) -> usize {
         if self.flip {
             self.size as usize - 1 - x
         } else {
@@ -101,11 +101,11 @@ impl Geometry {
     }
 
     /// For each covered column, the column of a `map_w`-wide full-image map under its pixel centre.
-    fn map_columns(&self, map_w: usize) -> Vec<usize> {
+    pub(crate) fn map_columns(&self, map_w: usize) -> Vec<usize> {
         nearest(self.cw, self.ox, self.sw, map_w)
     }
 
-    fn map_rows(&self, map_h: usize) -> Vec<usize> {
+    pub(crate) fn map_rows(&self, map_h: usize) -> Vec<usize> {
         nearest(self.ch, self.oy, self.sh, map_h)
     }
 

@@ -16,12 +16,12 @@
 //!   the labeler and trainer disagree. Only an image that does not decode is skipped: it is counted
 //!   ([`Loader::skipped_images`]) and logged with its dataset and key, and its batch is one sample short.
 
-mod augment;
+pub(crate) mod augment;
 mod config;
 mod index;
 mod loader;
-mod rng;
-mod rows;
+pub(crate) mod rng;
+pub(crate) mod rows;
 mod sampler;
 
 pub use config::{Augmentation, DataConfig, DatasetSpec, NumClasses, Sampling, Task};

@@ -3,9 +3,10 @@
 //!
 //! - classification: a linear layer on average-pooled C5 (the ResNet design);
 //! - detection: an FCOS head on P3–P7 (see [`fcos`] for why FCOS);
-//! - pixel tasks (segmentation, depth, and any added later): P3–P7 are bilinearly resized to P2 and summed
-//!   with P2 — no parameters in the fusion, as in the paper — then each task has its own head of three
-//!   3×3 conv + GroupNorm + ReLU layers and a 1×1 prediction; predictions are resized to the input size.
+//! - pixel tasks (segmentation, depth, and surface normals, which only fine-tuning uses): P3–P7 are
+//!   bilinearly resized to P2 and summed with P2 — no parameters in the fusion, as in the paper — then each
+//!   task has its own head of three 3×3 conv + GroupNorm + ReLU layers and a 1×1 prediction; predictions
+//!   are resized to the input size.
 //!
 //! Heads exist only for the tasks the config enables, so a checkpoint's variables say which tasks it has.
 //! Depth and width are configurable; `StudentConfig::tiny` (ResNet-18 at width 0.25, 64 FPN channels) is
@@ -73,12 +74,16 @@ impl From<ResNetDepth> for u32 {
     }
 }
 
-/// A dense per-pixel task with its own head. Adding a task (e.g. surface normals) means a variant here,
-/// a loss in `loss`, and a metric in `eval`; the trunk and fusion do not change.
+/// A dense per-pixel task with its own head. Adding a task means a variant here, a loss in `loss`, and a
+/// metric in `metrics`; the trunk and fusion do not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PixelTask {
-    Segmentation { classes: usize },
+    Segmentation {
+        classes: usize,
+    },
     Depth,
+    /// Unit surface normals in camera coordinates; never a pre-training task (fine-tuning only).
+    Normals,
 }
 
 impl PixelTask {
@@ -86,6 +91,7 @@ impl PixelTask {
         match self {
             PixelTask::Segmentation { classes } => classes as i64,
             PixelTask::Depth => 1,
+            PixelTask::Normals => 3,
         }
     }
 
@@ -93,6 +99,7 @@ impl PixelTask {
         match self {
             PixelTask::Segmentation { .. } => "seg",
             PixelTask::Depth => "depth",
+            PixelTask::Normals => "normals",
         }
     }
 }
@@ -114,10 +121,14 @@ pub struct StudentConfig {
     pub num_det_classes: Option<usize>,
     pub num_seg_classes: Option<usize>,
     pub depth_head: bool,
+    /// A surface-normal head (fine-tuning only; absent from pre-training checkpoints).
+    #[serde(default)]
+    pub normals_head: bool,
 }
 
 impl StudentConfig {
-    /// The paper's student shape (ResNet-50, 256 FPN channels) for the given task sizes.
+    /// A full-width ResNet-50 student with 256 FPN channels (the paper's teachers and student use ResNet-152
+    /// with the same FPN; `resnet_depth = 152` in a config gives that).
     pub fn resnet50(num_classes: usize, num_det_classes: usize, num_seg_classes: usize) -> StudentConfig {
         StudentConfig {
             resnet_depth: ResNetDepth::R50,
@@ -129,6 +140,7 @@ impl StudentConfig {
             num_det_classes: Some(num_det_classes),
             num_seg_classes: Some(num_seg_classes),
             depth_head: true,
+            normals_head: false,
         }
     }
 
@@ -150,6 +162,9 @@ impl StudentConfig {
         }
         if self.depth_head {
             v.push(PixelTask::Depth);
+        }
+        if self.normals_head {
+            v.push(PixelTask::Normals);
         }
         v
     }
@@ -237,6 +252,8 @@ pub struct StudentOutput {
     pub seg: Option<Tensor>,
     /// `[B, S, S]` predicted inverse depth (up to scale and shift) at input resolution.
     pub depth: Option<Tensor>,
+    /// `[B, 3, S, S]` unit surface normals at input resolution.
+    pub normals: Option<Tensor>,
 }
 
 /// The multi-task student network. Its variables live in the `nn::Path` it was built under.
@@ -288,6 +305,7 @@ impl Student {
         let det = self.det_head.as_ref().map(|head| head.forward(&p[1..]));
         let mut seg = None;
         let mut depth = None;
+        let mut normals = None;
         if !self.pixel_heads.is_empty() {
             let p2 = &p[0];
             let s2 = p2.size();
@@ -299,11 +317,18 @@ impl Student {
                 match task {
                     PixelTask::Segmentation { .. } => seg = Some(out),
                     PixelTask::Depth => depth = Some(out.squeeze_dim(1)),
+                    PixelTask::Normals => normals = Some(unit_vectors(&out)),
                 }
             }
         }
-        StudentOutput { cls, det, seg, depth }
+        StudentOutput { cls, det, seg, depth, normals }
     }
+}
+
+/// `[B, 3, H, W]` scaled to unit length along dim 1 (a zero vector stays near zero instead of dividing by 0).
+fn unit_vectors(v: &Tensor) -> Tensor {
+    let norm = v.square().sum_dim_intlist([1i64].as_slice(), true, v.kind()).sqrt().clamp_min(1e-6);
+    v / norm
 }
 
 /// Number of scalar parameters in a var store (trainable and buffers alike are counted separately).
