@@ -183,7 +183,7 @@ pub fn encode_scene(scene: &Scene, index: u64) -> Result<EncodedScene, WorldErro
     })
 }
 
-fn png_encoder(out: &mut Vec<u8>) -> PngEncoder<&mut Vec<u8>> {
+pub(crate) fn png_encoder(out: &mut Vec<u8>) -> PngEncoder<&mut Vec<u8>> {
     PngEncoder::new_with_quality(out, CompressionType::Default, FilterType::Adaptive)
 }
 

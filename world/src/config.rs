@@ -2,6 +2,10 @@
 //!
 //! A world is a pure function of [`WorldConfig`]: the same `(seed, split, index)` always renders the same
 //! scene. Splits draw from disjoint random streams, so no scene repeats across them.
+//!
+//! [`Domain`] says which distribution a config renders: the pre-training world every store, teacher and
+//! student uses, or the shifted downstream world that transfer experiments fine-tune and test on (see
+//! [`Domain::Downstream`] for what changes and why).
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,30 +45,135 @@ pub const MAX_SPLIT_COUNT: u64 = 1_000_000;
 const MIN_SIDE: u32 = 32;
 const MAX_SIDE: u32 = 4096;
 
+/// Which distribution a world renders.
+///
+/// Transfer experiments need downstream data that is *not* the pre-training data: another seed alone
+/// would only give new samples of the same distribution. The downstream domain keeps the world (the
+/// same camera model, ground plane, scene classes and object shapes, so every truth is as exact) and
+/// shifts three things a representation has to cope with, each clearly visible in a picture:
+/// - lighting: a warm low sun, the whole image graded by [`DOWNSTREAM_LIGHT_TINT`] at a lower exposure
+///   ([`DOWNSTREAM_EXPOSURE`] instead of 0.92–1.08);
+/// - textures: the base sky and ground tones rotated [`DOWNSTREAM_HUE_DEGREES`] in hue around the grey
+///   axis and the two ground tones pushed apart by [`DOWNSTREAM_GROUND_CONTRAST`] (higher-contrast
+///   ground); object colours keep their hue, so a category still looks like itself;
+/// - the object mix: categories drawn with [`DOWNSTREAM_OBJECT_WEIGHTS`] (crates and pillars common,
+///   balls and cones rare) instead of uniformly.
+///
+/// The domain is also mixed into the random key, so a downstream scene never shares its layout with a
+/// pre-training scene of the same seed, split and index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Domain {
+    /// The world every store, teacher and student is built from.
+    #[default]
+    Pretrain,
+    /// The shifted world of downstream (transfer) datasets.
+    Downstream,
+}
+
+impl Domain {
+    /// `"pretrain"` or `"downstream"`, as written in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Pretrain => "pretrain",
+            Domain::Downstream => "downstream",
+        }
+    }
+
+    /// One sentence describing how this domain differs from the pre-training world.
+    pub fn shift(self) -> String {
+        match self {
+            Domain::Pretrain => "none: the pre-training distribution".to_owned(),
+            Domain::Downstream => {
+                let weights: Vec<String> = OBJECT_CLASSES
+                    .iter()
+                    .zip(DOWNSTREAM_OBJECT_WEIGHTS)
+                    .map(|(name, w)| format!("{name} {w}"))
+                    .collect();
+                format!(
+                    "warm low-sun lighting (image graded by {DOWNSTREAM_LIGHT_TINT:?} at exposure {}-{} instead of \
+                     0.92-1.08), sky and ground tones rotated {DOWNSTREAM_HUE_DEGREES} degrees in hue with the \
+                     ground contrast x{DOWNSTREAM_GROUND_CONTRAST}, and object categories drawn with weights {} \
+                     instead of uniformly",
+                    DOWNSTREAM_EXPOSURE.0,
+                    DOWNSTREAM_EXPOSURE.1,
+                    weights.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Mixed into the random key of every stream; zero for the pre-training world, so its scenes stay
+    /// what they always were.
+    pub(crate) fn stream_tag(self) -> u64 {
+        match self {
+            Domain::Pretrain => 0,
+            Domain::Downstream => 0x646f_776e_7368_6966,
+        }
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Domain {
+    type Err = WorldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Domain::Pretrain, Domain::Downstream].into_iter().find(|d| d.name() == s).ok_or_else(|| WorldError::Config {
+            reason: format!("unknown domain {s:?} (expected pretrain or downstream)"),
+        })
+    }
+}
+
+/// Downstream lighting: every pixel of the image is multiplied by this tint (a warm, low sun).
+pub const DOWNSTREAM_LIGHT_TINT: [f32; 3] = [1.10, 0.96, 0.78];
+/// Downstream exposure range (the pre-training world draws from 0.92..1.08).
+pub const DOWNSTREAM_EXPOSURE: (f32, f32) = (0.78, 0.92);
+/// Downstream texture hue shift: sky and ground colours rotate this far around the grey axis.
+pub const DOWNSTREAM_HUE_DEGREES: f32 = 25.0;
+/// Downstream ground contrast: the two ground tones move this many times farther from their mean.
+pub const DOWNSTREAM_GROUND_CONTRAST: f32 = 1.6;
+/// Downstream object mix: probability of each category of [`OBJECT_CLASSES`] per placed object.
+pub const DOWNSTREAM_OBJECT_WEIGHTS: [f32; 5] = [0.15, 0.25, 0.15, 0.20, 0.25];
+
 /// Validated settings of a world. Construct with [`WorldConfig::try_new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorldConfig {
     seed: u64,
     width: u32,
     height: u32,
+    domain: Domain,
 }
 
 impl Default for WorldConfig {
-    /// Seed 7, 96×96: the demo world.
+    /// Seed 7, 96×96, the pre-training domain: the demo world.
     fn default() -> Self {
-        Self { seed: 7, width: 96, height: 96 }
+        Self { seed: 7, width: 96, height: 96, domain: Domain::Pretrain }
     }
 }
 
 impl WorldConfig {
-    /// A world of `width`×`height` images (each side in 32..=4096).
+    /// A pre-training world of `width`×`height` images (each side in 32..=4096).
     pub fn try_new(seed: u64, width: u32, height: u32) -> Result<Self, WorldError> {
         for (name, side) in [("width", width), ("height", height)] {
             if !(MIN_SIDE..=MAX_SIDE).contains(&side) {
                 return Err(WorldError::Config { reason: format!("{name} {side} is outside {MIN_SIDE}..={MAX_SIDE}") });
             }
         }
-        Ok(Self { seed, width, height })
+        Ok(Self { seed, width, height, domain: Domain::Pretrain })
+    }
+
+    /// The same world in `domain`.
+    pub fn with_domain(self, domain: Domain) -> Self {
+        Self { domain, ..self }
+    }
+
+    /// The distribution this config renders.
+    pub fn domain(&self) -> Domain {
+        self.domain
     }
 
     /// The world seed.
@@ -232,6 +341,16 @@ mod tests {
         assert!(WorldConfig::try_new(1, 16, 96).is_err());
         assert!(WorldConfig::try_new(1, 96, 5000).is_err());
         assert!(WorldConfig::try_new(1, 640, 480).is_ok());
+    }
+
+    #[test]
+    fn domain_defaults_to_pretrain_and_downstream_weights_sum_to_one() {
+        assert_eq!(WorldConfig::default().domain(), Domain::Pretrain);
+        assert_eq!(WorldConfig::try_new(3, 64, 64).unwrap().domain(), Domain::Pretrain);
+        let down = WorldConfig::try_new(3, 64, 64).unwrap().with_domain(Domain::Downstream);
+        assert_eq!((down.domain(), down.seed(), down.width()), (Domain::Downstream, 3, 64));
+        assert!((DOWNSTREAM_OBJECT_WEIGHTS.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(Domain::Pretrain.stream_tag(), 0, "the pre-training keys must not change");
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! depth PNGs) that the labeler reads like any user's, plus the world's own truth records.
 //! [`read_manifest`], [`read_truth`] and [`decode_truth`] read it back.
 //!
+//! [`write_downstream`] writes datasets for transfer experiments (surface normals, segmentation, depth
+//! and the category of the nearest object) from the shifted [`Domain::Downstream`] world, in the layout
+//! documented in the `downstream` module. Every [`Scene`] carries exact per-pixel surface normals too.
+//!
 //! ```
 //! use world::{render, Split, WorldConfig, SEG_CLASSES};
 //!
@@ -24,6 +28,7 @@
 mod camera;
 mod codec;
 mod config;
+mod downstream;
 mod error;
 mod labels;
 mod preview;
@@ -36,8 +41,16 @@ pub use codec::{
     decode_truth, encode_depth_png, encode_scene, encode_seg_png, EncodedScene, ImageKind, Truth, TruthRecord,
 };
 pub use config::{
-    Split, SplitCounts, WorldConfig, DEPTH_PNG_SCALE, FAR_GROUND_DEPTH, MAX_DEPTH, MAX_SPLIT_COUNT, OBJECT_CLASSES,
-    SCENE_CLASSES, SEG_CLASSES, SEG_FIRST_OBJECT, SEG_GROUND, SEG_SKY, TASKS,
+    Domain, Split, SplitCounts, WorldConfig, DEPTH_PNG_SCALE, DOWNSTREAM_EXPOSURE, DOWNSTREAM_GROUND_CONTRAST,
+    DOWNSTREAM_HUE_DEGREES, DOWNSTREAM_LIGHT_TINT, DOWNSTREAM_OBJECT_WEIGHTS, FAR_GROUND_DEPTH, MAX_DEPTH,
+    MAX_SPLIT_COUNT, OBJECT_CLASSES, SCENE_CLASSES, SEG_CLASSES, SEG_FIRST_OBJECT, SEG_GROUND, SEG_SKY, TASKS,
+};
+pub use downstream::{
+    depth_label_value, downstream_csv_path, downstream_image_path, downstream_label_path, downstream_name,
+    encode_depth_label, encode_normals_label, encode_rgb_png, nearest_object, normal_label_value, render_downstream,
+    write_downstream, DownstreamCounts, DownstreamManifest, DownstreamSplit, DownstreamSplitSummary, DownstreamSummary,
+    DownstreamTask, DownstreamTasks, TaskInfo, DOWNSTREAM_FILE, DOWNSTREAM_FORMAT, DOWNSTREAM_VERSION,
+    NEAREST_OBJECT_DRAWS, SEG_IGNORE,
 };
 pub use error::WorldError;
 pub use labels::{encode_class_csv, encode_coco};

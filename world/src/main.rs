@@ -1,4 +1,5 @@
-//! `world`: write a synthetic world store, or a preview picture of a few of its scenes.
+//! `world`: write a synthetic world store, a downstream (transfer) dataset, or a preview picture of a few
+//! scenes.
 
 // A command-line tool reports to its user on stdout/stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -7,7 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use world::{preview, render, write_store, Split, SplitCounts, WorldConfig};
+use world::{
+    preview, render, write_downstream, write_store, Domain, DownstreamCounts, Split, SplitCounts, WorldConfig,
+    OBJECT_CLASSES,
+};
 
 /// Write a synthetic world with exact ground truth (images, boxes, segmentation, depth).
 #[derive(Parser)]
@@ -23,6 +27,33 @@ struct Cli {
 enum Command {
     /// Render a few scenes and their truth side by side into a PNG.
     Preview(PreviewArgs),
+    /// Write downstream datasets (normals, segmentation, depth, nearest_object) from the shifted world.
+    Downstream(DownstreamArgs),
+}
+
+#[derive(Args)]
+struct DownstreamArgs {
+    /// Where to write the set: a directory or an object-store URL (s3://, gs://, az://, file://).
+    #[arg(long)]
+    out: String,
+    /// Seed of the downstream world (the demo pre-training world uses 7).
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 96)]
+    width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 96)]
+    height: u32,
+    /// Fine-tuning images per task.
+    #[arg(long, default_value_t = 300)]
+    train: u64,
+    /// Validation images per task.
+    #[arg(long, default_value_t = 100)]
+    val: u64,
+    /// Test images per task.
+    #[arg(long, default_value_t = 500)]
+    test: u64,
 }
 
 #[derive(Args)]
@@ -81,6 +112,9 @@ struct PreviewArgs {
     /// Split to render scenes from.
     #[arg(long, default_value = "eval")]
     split: Split,
+    /// Distribution to render: `pretrain` or the shifted `downstream` world.
+    #[arg(long, default_value = "pretrain")]
+    domain: Domain,
     /// First scene index.
     #[arg(long, default_value_t = 0)]
     first: u64,
@@ -105,6 +139,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Preview(args)) => run_preview(&args),
+        Some(Command::Downstream(args)) => run_downstream(&args),
         None => run_generate(&cli.generate),
     }
 }
@@ -144,8 +179,36 @@ fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_downstream(args: &DownstreamArgs) -> anyhow::Result<()> {
+    let cfg = WorldConfig::try_new(args.seed, args.width, args.height)?.with_domain(Domain::Downstream);
+    let counts = DownstreamCounts { train: args.train, val: args.val, test: args.test };
+    counts.validate()?;
+    let out = &args.out;
+    let loc = shards::open(out)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let summary = runtime
+        .block_on(write_downstream(&cfg, &loc, &counts))
+        .with_context(|| format!("writing downstream data to {out}"))?;
+    for s in &summary.splits {
+        let classes = s.class_counts.as_ref().map_or(String::new(), |counts| {
+            let parts: Vec<String> = OBJECT_CLASSES.iter().zip(counts).map(|(name, n)| format!("{name} {n}")).collect();
+            format!("  [{}]", parts.join(", "))
+        });
+        println!(
+            "{:<14} {:<5} {:>6} images {:>8.2} MB {:>7.2} s{classes}",
+            s.task.name(),
+            s.split.name(),
+            s.images,
+            s.bytes as f64 / 1e6,
+            s.seconds
+        );
+    }
+    println!("total {:.2} MB {:.2} s -> {out}", summary.bytes as f64 / 1e6, summary.seconds);
+    Ok(())
+}
+
 fn run_preview(args: &PreviewArgs) -> anyhow::Result<()> {
-    let cfg = args.world.config()?;
+    let cfg = args.world.config()?.with_domain(args.domain);
     anyhow::ensure!(args.count > 0, "--count must be at least 1");
     let scenes: Vec<_> = (args.first..args.first + args.count).map(|i| render(&cfg, args.split, i)).collect();
     let img = preview(&scenes, args.scale);

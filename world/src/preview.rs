@@ -1,11 +1,10 @@
 //! A picture of scenes beside their truth, for people checking that the world looks right.
 //!
 //! One row per scene: the image with its boxes, the segmentation, the depth (log scale, near =
-//! bright, sky = black) and the normals recovered from depth.
+//! bright, sky = black) and the exact normals (`(n + 1) / 2` as RGB, black where there is none).
 
 use image::{Rgb, RgbImage};
 
-use crate::camera::normals_from_depth;
 use crate::config::MAX_DEPTH;
 use crate::render::Scene;
 
@@ -28,18 +27,11 @@ pub fn preview(scenes: &[Scene], scale: u32) -> RgbImage {
     );
     for (r, scene) in scenes.iter().enumerate() {
         let top = gap + r as u32 * (ph + gap);
-        let normals = normals_from_depth(&scene.depth, w, h, &scene.intrinsics);
         let panels: [Box<dyn Fn(usize) -> [u8; 3]>; 4] = [
             Box::new(|i| scene.image.as_raw()[3 * i..3 * i + 3].try_into().expect("3 channels")),
             Box::new(|i| SEG_PALETTE[scene.seg[i] as usize % SEG_PALETTE.len()]),
             Box::new(|i| depth_colour(scene.depth[i])),
-            Box::new(|i| {
-                if scene.depth[i] >= MAX_DEPTH {
-                    [0, 0, 0]
-                } else {
-                    normals[i].map(|c| ((c * 0.5 + 0.5) * 255.0).round() as u8)
-                }
-            }),
+            Box::new(|i| scene.normals[i].map_or([0, 0, 0], |n| n.map(|c| ((c * 0.5 + 0.5) * 255.0).round() as u8))),
         ];
         for (p, colour_of) in panels.iter().enumerate() {
             let left = gap + p as u32 * (pw + gap);

@@ -7,9 +7,24 @@
 //! size of `S` metres spans `f·S/z` pixels, so farther objects are smaller and higher. The ball is a
 //! sphere in depth (`z - sqrt(r² - d²)`), the others are flat at `z`.
 //!
-//! Everything is drawn through one z-buffer, so the image, the segmentation and the depth map always
-//! agree on what is visible. Labels are sampled at pixel centres; the image then gets exposure jitter,
-//! optional blur and Gaussian noise, none of which touch the labels.
+//! Everything is drawn through one z-buffer, so the image, the segmentation, the depth map and the
+//! normals always agree on what is visible. Labels are sampled at pixel centres; the image then gets
+//! exposure jitter, optional blur and Gaussian noise, none of which touch the labels.
+//!
+//! Normals are exact, from the geometry rather than from differences of the depth map: `(0, -1, 0)` on
+//! the ground, `(0, 0, -1)` on the flat billboards, and on the ball the normal of the surface its depth
+//! map describes. That surface is `P(a, b) = D(a, b)·(a, b, 1)` over ray slopes `a = (u - cx)/f`,
+//! `b = (v - cy)/f`, with `D = z - s`, `s = sqrt(r² - lx² - dy²)`, `lx = a·z - x`, `dy = h - b·z - r`;
+//! its normal `∂P/∂a × ∂P/∂b`, scaled by `s/z` and turned to the camera, is
+//! `(lx, -dy, -(a·lx - b·dy) - D·s/z)`. (The ball's shading uses the plain sphere normal
+//! `(lx, -dy, -s)/r`; perspective shears the bulge, so that differs from the depth surface's normal by
+//! a mean of 5–13° on near balls. The truth follows the depth, so that the depth and normal labels
+//! describe one surface.) The sky and the far ground whose depth is clamped to `FAR_GROUND_DEPTH` have
+//! no normal.
+//!
+//! The config's [`Domain`](crate::Domain) shifts the appearance for downstream data (lighting, texture
+//! hues and contrast, the object mix); the pre-training path draws exactly the random numbers it always
+//! did, so its scenes never change.
 //!
 //! Boxes are the full projected extent of each object clipped to the image (not the visible part).
 //! An object is left out of the box list, though still drawn, when its clipped box is under 3 px on
@@ -22,8 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::camera::Intrinsics;
 use crate::config::{
-    Split, WorldConfig, FAR_GROUND_DEPTH, MAX_DEPTH, OBJECT_CLASSES, SCENE_CLASSES, SEG_FIRST_OBJECT, SEG_GROUND,
-    SEG_SKY,
+    Domain, Split, WorldConfig, DOWNSTREAM_EXPOSURE, DOWNSTREAM_GROUND_CONTRAST, DOWNSTREAM_HUE_DEGREES,
+    DOWNSTREAM_LIGHT_TINT, DOWNSTREAM_OBJECT_WEIGHTS, FAR_GROUND_DEPTH, MAX_DEPTH, OBJECT_CLASSES, SCENE_CLASSES,
+    SEG_FIRST_OBJECT, SEG_GROUND, SEG_SKY,
 };
 use crate::texture::{lattice, lerp, mix64, mul, scale, smoothstep, Noise, Rgb};
 
@@ -51,6 +67,10 @@ pub struct Scene {
     pub seg: Vec<u8>,
     /// z-depth in metres per pixel, `height·width` row-major; exactly `MAX_DEPTH` on sky pixels only.
     pub depth: Vec<f32>,
+    /// Exact unit surface normal per pixel in camera coordinates (x right, y down, z forward), facing
+    /// the camera, `height·width` row-major; `None` on the sky and on ground clamped to
+    /// `FAR_GROUND_DEPTH` (see the module docs).
+    pub normals: Vec<Option<[f32; 3]>>,
     /// The camera of this scene.
     pub intrinsics: Intrinsics,
     /// Camera height above the ground plane in metres.
@@ -86,19 +106,25 @@ pub struct GtBox {
 
 /// Render scene `index` of `split`. Pure: the same arguments always give the same scene.
 pub fn render(cfg: &WorldConfig, split: Split, index: u64) -> Scene {
-    let mut rng = scene_rng(cfg.seed(), split, index);
+    render_stream(cfg, split.stream_tag(), index)
+}
+
+/// Render scene `index` of the random stream `tag` (a split's or a downstream task's). Pure.
+pub(crate) fn render_stream(cfg: &WorldConfig, tag: u64, index: u64) -> Scene {
+    let domain = cfg.domain();
+    let mut rng = scene_rng(cfg.seed(), tag ^ domain.stream_tag(), index);
     let (width, height) = (cfg.width(), cfg.height());
     let scene_class = rng.gen_range(0..SCENE_CLASSES.len() as u8);
     let camera = Camera::sample(&mut rng, width, height);
-    let style = Style::sample(&mut rng, scene_class);
-    let objects = place_objects(&mut rng, &camera, width, height);
+    let style = Style::sample(&mut rng, scene_class, domain);
+    let objects = place_objects(&mut rng, &camera, width, height, domain);
 
     let mut canvas = Canvas::new(width, height);
     paint_background(&mut canvas, &camera, &style, &objects);
     let coverage = paint_objects(&mut canvas, &camera, &style, &objects);
     let boxes = boxes_of(&objects, &coverage, &canvas.owner, &camera, width, height);
 
-    finish_image(&mut canvas.colour, &mut rng, width, height);
+    finish_image(&mut canvas.colour, &mut rng, width, height, domain);
     let jpeg_quality = rng.gen_range(80..=95u8);
     let image = quantise(&canvas.colour, width, height);
     Scene {
@@ -107,16 +133,17 @@ pub fn render(cfg: &WorldConfig, split: Split, index: u64) -> Scene {
         boxes,
         seg: canvas.seg,
         depth: canvas.depth,
+        normals: canvas.normals,
         intrinsics: camera.k,
         camera_height: camera.height,
         jpeg_quality,
     }
 }
 
-/// The random stream of one scene: the key depends on `(seed, split)`, the ChaCha stream on `index`.
-fn scene_rng(seed: u64, split: Split, index: u64) -> ChaCha8Rng {
+/// The random stream of one scene: the key depends on `(seed, tag)`, the ChaCha stream on `index`.
+fn scene_rng(seed: u64, tag: u64, index: u64) -> ChaCha8Rng {
     let mut key = [0u8; 32];
-    let mut state = mix64(seed) ^ split.stream_tag();
+    let mut state = mix64(seed) ^ tag;
     for chunk in key.chunks_exact_mut(8) {
         state = mix64(state);
         chunk.copy_from_slice(&state.to_le_bytes());
@@ -172,7 +199,7 @@ struct Style {
 }
 
 impl Style {
-    fn sample(rng: &mut ChaCha8Rng, class: u8) -> Self {
+    fn sample(rng: &mut ChaCha8Rng, class: u8, domain: Domain) -> Self {
         // (sky top, sky at the horizon, ground tone a, ground tone b, light, shadow strength)
         let (top, horizon, a, b, light, shadow): (Rgb, Rgb, Rgb, Rgb, Rgb, f32) = match class {
             0 => {
@@ -243,11 +270,19 @@ impl Style {
             }
             out
         };
-        let sky_top = jitter(top, 0.05);
-        let sky_horizon = jitter(horizon, 0.05);
-        let ground_a = jitter(a, 0.05);
-        let ground_b = jitter(b, 0.05);
+        let mut sky_top = jitter(top, 0.05);
+        let mut sky_horizon = jitter(horizon, 0.05);
+        let mut ground_a = jitter(a, 0.05);
+        let mut ground_b = jitter(b, 0.05);
         let light = jitter(light, 0.04);
+        if domain == Domain::Downstream {
+            // A deterministic grade of the sampled tones: no random numbers drawn.
+            [sky_top, sky_horizon, ground_a, ground_b] =
+                [sky_top, sky_horizon, ground_a, ground_b].map(|c| rotate_hue(c, DOWNSTREAM_HUE_DEGREES));
+            let mean = lerp(ground_a, ground_b, 0.5);
+            let apart = |c: Rgb| lerp(mean, c, DOWNSTREAM_GROUND_CONTRAST).map(|ch| ch.clamp(0.0, 1.0));
+            [ground_a, ground_b] = [apart(ground_a), apart(ground_b)];
+        }
         let sun = [rng.gen_range(-0.5f32..0.5), rng.gen_range(0.02f32..0.12)];
         let feature = match class {
             5 => rng.gen_range(12.0f32..26.0),
@@ -422,14 +457,17 @@ const OBJECT_SHAPES: [([f32; 2], Rgb); 5] = [
 /// Size jitter: every object is its nominal size times a factor in this range.
 const SIZE_JITTER: (f32, f32) = (0.85, 1.15);
 
-fn place_objects(rng: &mut ChaCha8Rng, camera: &Camera, width: u32, height: u32) -> Vec<Object> {
+fn place_objects(rng: &mut ChaCha8Rng, camera: &Camera, width: u32, height: u32, domain: Domain) -> Vec<Object> {
     let count = rng.gen_range(0..=MAX_OBJECTS);
     let (near, far) = camera.object_range(height);
     let mut objects: Vec<Object> = Vec::with_capacity(count);
     for _ in 0..count {
         // Rejection-sample so that two objects never share ground: their footprints are w×w squares.
         for _attempt in 0..10 {
-            let class = rng.gen_range(0..OBJECT_CLASSES.len() as u8);
+            let class = match domain {
+                Domain::Pretrain => rng.gen_range(0..OBJECT_CLASSES.len() as u8),
+                Domain::Downstream => weighted_class(rng.gen::<f32>()),
+            };
             let ([w, h], base) = OBJECT_SHAPES[class as usize];
             let s = rng.gen_range(SIZE_JITTER.0..SIZE_JITTER.1);
             let z = near * (far / near).powf(rng.gen::<f32>());
@@ -455,12 +493,25 @@ fn place_objects(rng: &mut ChaCha8Rng, camera: &Camera, width: u32, height: u32)
     objects
 }
 
+/// The category whose cumulative [`DOWNSTREAM_OBJECT_WEIGHTS`] interval holds `u` (in `[0, 1)`).
+fn weighted_class(u: f32) -> u8 {
+    let mut cumulative = 0.0;
+    for (class, w) in DOWNSTREAM_OBJECT_WEIGHTS.iter().enumerate() {
+        cumulative += w;
+        if u < cumulative {
+            return class as u8;
+        }
+    }
+    (DOWNSTREAM_OBJECT_WEIGHTS.len() - 1) as u8
+}
+
 struct Canvas {
     width: u32,
     height: u32,
     colour: Vec<Rgb>,
     seg: Vec<u8>,
     depth: Vec<f32>,
+    normals: Vec<Option<[f32; 3]>>,
     /// Which object is visible at each pixel (`u8::MAX`: none).
     owner: Vec<u8>,
 }
@@ -474,6 +525,7 @@ impl Canvas {
             colour: vec![[0.0; 3]; n],
             seg: vec![SEG_SKY; n],
             depth: vec![MAX_DEPTH; n],
+            normals: vec![None; n],
             owner: vec![u8::MAX; n],
         }
     }
@@ -497,6 +549,7 @@ fn paint_background(canvas: &mut Canvas, camera: &Camera, style: &Style, objects
                 canvas.colour[i] = c;
                 canvas.seg[i] = SEG_GROUND;
                 canvas.depth[i] = z.min(FAR_GROUND_DEPTH);
+                canvas.normals[i] = (z < FAR_GROUND_DEPTH).then_some([0.0, -1.0, 0.0]);
             } else {
                 canvas.colour[i] = style.sky(du / f, -dv / f, 1.0 / f, (col, row));
             }
@@ -531,8 +584,10 @@ fn paint_objects(canvas: &mut Canvas, camera: &Camera, style: &Style, objects: &
         let col_range = pixel_span(u0, u1, canvas.width);
         let row_range = pixel_span(v0, v1, canvas.height);
         for row in row_range {
+            let b = (row as f32 + 0.5 - k.cy) / f;
             let ly = camera.height - (row as f32 + 0.5 - k.cy) * o.z / f;
             for col in col_range.clone() {
+                let a = (col as f32 + 0.5 - k.cx) / f;
                 let lx = (col as f32 + 0.5 - k.cx) * o.z / f - o.x;
                 let Some((depth, colour)) = shade_object(o, lx, ly) else {
                     continue;
@@ -544,6 +599,7 @@ fn paint_objects(canvas: &mut Canvas, camera: &Camera, style: &Style, objects: &
                     canvas.seg[i] = SEG_FIRST_OBJECT + o.class;
                     canvas.owner[i] = id as u8;
                     canvas.colour[i] = mul(colour, style.light);
+                    canvas.normals[i] = Some(object_normal(o, lx, ly, a, b));
                 }
             }
         }
@@ -636,6 +692,25 @@ fn shade_object(o: &Object, lx: f32, ly: f32) -> Option<(f32, Rgb)> {
     }
 }
 
+/// The exact unit normal of object `o` at local point (`lx`, `ly`) seen along ray slopes (`a`, `b`):
+/// the billboards face the camera; the ball's is the normal of its depth surface (module docs).
+fn object_normal(o: &Object, lx: f32, ly: f32, a: f32, b: f32) -> [f32; 3] {
+    if o.class != 0 {
+        return [0.0, 0.0, -1.0];
+    }
+    let r = o.w / 2.0;
+    let dy = ly - r;
+    let s = (r * r - lx * lx - dy * dy).max(0.0).sqrt();
+    let depth = o.z - s;
+    let n = [lx, -dy, -(a * lx - b * dy) - depth * s / o.z];
+    let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
+    if len > 0.0 {
+        n.map(|c| c / len)
+    } else {
+        [0.0, 0.0, -1.0]
+    }
+}
+
 fn boxes_of(
     objects: &[Object],
     coverage: &[u32],
@@ -668,11 +743,15 @@ fn boxes_of(
         .collect()
 }
 
-/// Camera effects on the image only: exposure, sometimes a slight blur, then sensor noise.
-fn finish_image(colour: &mut [Rgb], rng: &mut ChaCha8Rng, width: u32, height: u32) {
-    let exposure = rng.gen_range(0.92f32..1.08);
+/// Camera effects on the image only: exposure (and in the downstream domain the warm grade), sometimes
+/// a slight blur, then sensor noise.
+fn finish_image(colour: &mut [Rgb], rng: &mut ChaCha8Rng, width: u32, height: u32, domain: Domain) {
+    let grade = match domain {
+        Domain::Pretrain => [rng.gen_range(0.92f32..1.08); 3],
+        Domain::Downstream => scale(DOWNSTREAM_LIGHT_TINT, rng.gen_range(DOWNSTREAM_EXPOSURE.0..DOWNSTREAM_EXPOSURE.1)),
+    };
     for c in colour.iter_mut() {
-        *c = scale(*c, exposure);
+        *c = mul(*c, grade);
     }
     if rng.gen_bool(0.35) {
         blur_121(colour, width as usize, height as usize);
@@ -692,6 +771,17 @@ fn finish_image(colour: &mut [Rgb], rng: &mut ChaCha8Rng, width: u32, height: u3
             *ch += sigma * g;
         }
     }
+}
+
+/// `c` rotated `degrees` around the grey axis of RGB space (a hue shift that keeps grey grey), clamped.
+fn rotate_hue(c: Rgb, degrees: f32) -> Rgb {
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let third = (1.0 - cos) / 3.0;
+    let root = sin / 3.0f32.sqrt();
+    let (p, q) = (cos + third, third - root);
+    let r = third + root;
+    [p * c[0] + q * c[1] + r * c[2], r * c[0] + p * c[1] + q * c[2], q * c[0] + r * c[1] + p * c[2]]
+        .map(|ch| ch.clamp(0.0, 1.0))
 }
 
 /// Two independent standard normal samples (Box–Muller).
@@ -870,6 +960,189 @@ mod tests {
             }
         }
         assert!(checked > 20 * 1000, "only {checked} ground pixels checked");
+    }
+
+    /// Where a scene has a normal: everywhere but the sky and the ground clamped to `FAR_GROUND_DEPTH`.
+    fn has_normal(scene: &Scene, i: usize) -> bool {
+        let (seg, depth) = (scene.seg[i], scene.depth[i]);
+        !(seg == SEG_SKY || (seg == SEG_GROUND && depth >= FAR_GROUND_DEPTH))
+    }
+
+    #[test]
+    fn exact_normals_are_unit_face_the_camera_and_agree_with_depth_on_planes() {
+        let (mut ground, mut billboard) = (0, 0);
+        for domain in [Domain::Pretrain, Domain::Downstream] {
+            for (w, h) in [(96u32, 96u32), (64, 48)] {
+                let c = cfg(9, w, h).with_domain(domain);
+                for index in 0..30 {
+                    let scene = render(&c, Split::ALL[index as usize % 6], index);
+                    let from_depth = normals_from_depth(&scene.depth, w, h, &scene.intrinsics);
+                    let (w, h) = (w as usize, h as usize);
+                    for row in 0..h {
+                        for col in 0..w {
+                            let i = row * w + col;
+                            let at = format!("{domain} {w}x{h} scene {index} ({col}, {row})");
+                            assert_eq!(scene.normals[i].is_some(), has_normal(&scene, i), "{at}");
+                            let Some(n) = scene.normals[i] else { continue };
+                            let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
+                            assert!((len - 1.0).abs() < 1e-5, "{at}: {n:?}");
+                            let p = scene.intrinsics.back_project(col as u32, row as u32, scene.depth[i]);
+                            assert!(n[0] * p[0] + n[1] * p[1] + n[2] * p[2] < 0.0, "{at}: {n:?} faces away");
+                            // Interior of a plane: the 3x3 neighbourhood is one ground or one billboard.
+                            let (seg, depth) = (scene.seg[i], scene.depth[i]);
+                            let planar = seg != SEG_FIRST_OBJECT
+                                && (1..h - 1).contains(&row)
+                                && (1..w - 1).contains(&col)
+                                && (row - 1..=row + 1).all(|r| {
+                                    (col - 1..=col + 1).all(|cc| {
+                                        let j = r * w + cc;
+                                        scene.seg[j] == seg
+                                            && scene.normals[j].is_some()
+                                            && (seg == SEG_GROUND || scene.depth[j] == depth)
+                                    })
+                                });
+                            if !planar {
+                                continue;
+                            }
+                            let d = from_depth[i];
+                            assert!((0..3).all(|k| (n[k] - d[k]).abs() < 1e-3), "{at}: exact {n:?}, from depth {d:?}");
+                            if seg == SEG_GROUND {
+                                ground += 1;
+                            } else {
+                                billboard += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(ground > 100_000 && billboard > 2_000, "{ground} ground and {billboard} billboard pixels checked");
+    }
+
+    #[test]
+    fn ball_normals_are_the_normals_of_its_depth_surface() {
+        // The ball's depth as a function of the ray slopes (a, b), in f64; its normal by central
+        // differences of P(a, b) = D(a, b)·(a, b, 1) must match the closed form used for rendering.
+        let height = 1.6f64;
+        for (x, z, r) in [(0.0f64, 5.0f64, 0.3f64), (2.5, 4.0, 0.28), (-6.0, 12.0, 0.31), (1.0, 3.2, 0.25)] {
+            let o = Object {
+                class: 0,
+                x: x as f32,
+                z: z as f32,
+                w: 2.0 * r as f32,
+                h: 2.0 * r as f32,
+                colour: [1.0; 3],
+                noise: Noise::new(1),
+            };
+            let point = |a: f64, b: f64| -> Option<[f64; 3]> {
+                let (lx, dy) = (a * z - x, height - b * z - r);
+                let s2 = r * r - lx * lx - dy * dy;
+                (s2 >= 0.0).then(|| {
+                    let d = z - s2.sqrt();
+                    [a * d, b * d, d]
+                })
+            };
+            let (mut checked, mut worst_shading) = (0, 0.0f64);
+            for i in 0..41 {
+                for j in 0..41 {
+                    let lx = r * (i as f64 / 20.0 - 1.0) * 0.97;
+                    let ly = r + r * (j as f64 / 20.0 - 1.0) * 0.97;
+                    // Off the last 2% of the rim, where the normal turns too fast for f32 inputs.
+                    if lx * lx + (ly - r) * (ly - r) > 0.96 * r * r {
+                        continue;
+                    }
+                    let (a, b) = ((lx + x) / z, (height - ly) / z);
+                    let e = 1e-6;
+                    let (Some(pa), Some(ma), Some(pb), Some(mb)) =
+                        (point(a + e, b), point(a - e, b), point(a, b + e), point(a, b - e))
+                    else {
+                        continue;
+                    };
+                    let ta: [f64; 3] = std::array::from_fn(|k| pa[k] - ma[k]);
+                    let tb: [f64; 3] = std::array::from_fn(|k| pb[k] - mb[k]);
+                    let mut n =
+                        [ta[1] * tb[2] - ta[2] * tb[1], ta[2] * tb[0] - ta[0] * tb[2], ta[0] * tb[1] - ta[1] * tb[0]];
+                    let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
+                    let p = point(a, b).unwrap();
+                    let sign = if n[0] * p[0] + n[1] * p[1] + n[2] * p[2] > 0.0 { -1.0 } else { 1.0 };
+                    n = n.map(|c| c * sign / len);
+                    let exact = object_normal(&o, lx as f32, ly as f32, a as f32, b as f32);
+                    assert!(
+                        (0..3).all(|k| (exact[k] as f64 - n[k]).abs() < 2e-3),
+                        "ball at x {x} z {z}, (lx, ly) = ({lx}, {ly}): {exact:?} vs {n:?}"
+                    );
+                    let s = (r * r - lx * lx - (ly - r) * (ly - r)).sqrt();
+                    let shading = [lx / r, -(ly - r) / r, -s / r];
+                    let cos = (0..3).map(|k| shading[k] * n[k]).sum::<f64>().clamp(-1.0, 1.0);
+                    worst_shading = worst_shading.max(cos.acos().to_degrees());
+                    checked += 1;
+                }
+            }
+            assert!(checked > 1000, "{checked}");
+            // Off the optical axis the plain sphere normal (used for shading) is visibly not the truth.
+            if x.abs() / z > 0.4 {
+                assert!(worst_shading > 5.0, "ball at x {x} z {z}: sphere normal within {worst_shading} degrees");
+            }
+        }
+    }
+
+    #[test]
+    fn rendered_ball_normals_match_depth_differences_at_high_resolution() {
+        // Finite differences of the depth map approach the exact normal as a ball covers more pixels;
+        // the plain sphere normal would stay 5-13 degrees away on average (see the module docs).
+        let (w, h) = (640usize, 480usize);
+        let c = cfg(9, w as u32, h as u32);
+        let (mut pixels, mut degrees) = (0u32, 0.0f64);
+        for index in 0..16 {
+            let scene = render(&c, Split::Pool, index);
+            let from_depth = normals_from_depth(&scene.depth, w as u32, h as u32, &scene.intrinsics);
+            for row in 3..h - 3 {
+                for col in 3..w - 3 {
+                    let interior = (row - 3..=row + 3)
+                        .all(|r| (col - 3..=col + 3).all(|cc| scene.seg[r * w + cc] == SEG_FIRST_OBJECT));
+                    if !interior {
+                        continue;
+                    }
+                    let (n, d) = (scene.normals[row * w + col].unwrap(), from_depth[row * w + col]);
+                    let cos = (n[0] * d[0] + n[1] * d[1] + n[2] * d[2]).clamp(-1.0, 1.0) as f64;
+                    degrees += cos.acos().to_degrees();
+                    pixels += 1;
+                }
+            }
+        }
+        let mean = degrees / pixels as f64;
+        assert!(pixels > 5_000 && mean < 2.5, "{pixels} ball pixels, mean angle {mean} degrees");
+    }
+
+    #[test]
+    fn downstream_domain_shifts_lighting_and_the_object_mix_but_not_the_truth() {
+        let pre = cfg(7, 64, 64);
+        let down = pre.with_domain(Domain::Downstream);
+        let mut object_classes = [0u32; OBJECT_CLASSES.len()];
+        let (mut red_over_blue_pre, mut red_over_blue_down) = (0.0f64, 0.0f64);
+        let (mut mean_pre, mut mean_down) = (0.0f64, 0.0f64);
+        for index in 0..400 {
+            let (a, b) = (render(&pre, Split::Pool, index), render(&down, Split::Pool, index));
+            b.truth().check(MAX_DEPTH).unwrap_or_else(|e| panic!("downstream scene {index}: {e}"));
+            assert_ne!(a.image, b.image, "scene {index}");
+            // The domain is in the random key: the layout differs too, not only the colours.
+            assert!(a.seg != b.seg || a.intrinsics != b.intrinsics, "scene {index} shares its layout");
+            for b in &b.boxes {
+                object_classes[b.class_id as usize] += 1;
+            }
+            let channel_mean = |s: &Scene, c: usize| {
+                s.image.pixels().map(|p| p.0[c] as f64).sum::<f64>() / (s.width() * s.height()) as f64
+            };
+            red_over_blue_pre += channel_mean(&a, 0) / channel_mean(&a, 2).max(1.0);
+            red_over_blue_down += channel_mean(&b, 0) / channel_mean(&b, 2).max(1.0);
+            mean_pre += (0..3).map(|c| channel_mean(&a, c)).sum::<f64>();
+            mean_down += (0..3).map(|c| channel_mean(&b, c)).sum::<f64>();
+        }
+        assert!(red_over_blue_down > 1.2 * red_over_blue_pre, "{red_over_blue_down} vs {red_over_blue_pre}");
+        assert!(mean_down < 0.95 * mean_pre, "{mean_down} vs {mean_pre}");
+        // Crates and pillars (weight 0.25) clearly outnumber balls and cones (0.15).
+        let [ball, crate_, cone, _, pillar] = object_classes;
+        assert!(crate_ > ball * 5 / 4 && pillar > cone * 5 / 4, "{object_classes:?}");
     }
 
     #[test]

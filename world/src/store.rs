@@ -28,12 +28,12 @@ use serde::{Deserialize, Serialize};
 use shards::Location;
 use tracing::{debug, info};
 
-use crate::codec::{decode_truth, encode_scene, EncodedScene, ImageKind, Truth};
+use crate::codec::{decode_truth, encode_scene, ImageKind, Truth};
 use crate::config::{
-    Split, SplitCounts, WorldConfig, DEPTH_PNG_SCALE, MAX_DEPTH, OBJECT_CLASSES, SCENE_CLASSES, SEG_CLASSES,
+    Domain, Split, SplitCounts, WorldConfig, DEPTH_PNG_SCALE, MAX_DEPTH, OBJECT_CLASSES, SCENE_CLASSES, SEG_CLASSES,
 };
 use crate::labels::{encode_class_csv, encode_coco};
-use crate::render::{render, GtBox};
+use crate::render::render;
 use crate::WorldError;
 
 /// Name of the manifest at the root of a store.
@@ -202,7 +202,18 @@ pub struct WriteSummary {
 /// Render and write a whole world into `loc`, `world.json` last. Scenes are rendered and encoded on
 /// the rayon pool; puts run concurrently on the async runtime. The bytes depend only on `cfg` and
 /// `counts`, never on thread counts or timing.
+///
+/// A store holds the pre-training world only (`world.json` records no domain): a config in another
+/// [`Domain`] is an error; downstream data is written by [`write_downstream`](crate::write_downstream).
 pub async fn write_store(cfg: &WorldConfig, loc: &Location, counts: &SplitCounts) -> Result<WriteSummary, WorldError> {
+    if cfg.domain() != Domain::Pretrain {
+        return Err(WorldError::Config {
+            reason: format!(
+                "a world store holds the pre-training world, not the {} domain (use write_downstream)",
+                cfg.domain()
+            ),
+        });
+    }
     counts.validate()?;
     let started = Instant::now();
     let mut splits = Vec::with_capacity(Split::ALL.len());
@@ -225,45 +236,78 @@ pub async fn write_store(cfg: &WorldConfig, loc: &Location, counts: &SplitCounts
     Ok(WriteSummary { splits, manifest, bytes, seconds: started.elapsed().as_secs_f64() })
 }
 
-type Batch = Result<Vec<(u64, EncodedScene)>, WorldError>;
-
 async fn write_split(cfg: WorldConfig, loc: &Location, split: Split, count: u64) -> Result<SplitSummary, WorldError> {
     let started = Instant::now();
+    // Per scene: image bytes, scene class and boxes, in index order, for the split-wide label files.
+    let (bytes, kept) = render_and_put(loc, split.name(), count, move |index| {
+        let enc = encode_scene(&render(&cfg, split, index), index)?;
+        let image_bytes = enc.image.len() as u64;
+        let files = vec![
+            (image_path(split, index), enc.image),
+            (truth_path(split, index), enc.truth_json),
+            (seg_path(split, index), enc.seg_png),
+            (depth_path(split, index), enc.depth_png),
+        ];
+        Ok((files, (image_bytes, enc.record.scene_class, enc.record.boxes)))
+    })
+    .await?;
+    let image_bytes = kept.iter().map(|(n, _, _)| n).sum();
+    let names: Vec<String> = (0..count).map(image_name).collect();
+    let csv = encode_class_csv(names.iter().zip(&kept).map(|(name, (_, class, _))| (name.as_str(), *class)));
+    let coco = encode_coco(
+        cfg.width(),
+        cfg.height(),
+        names
+            .iter()
+            .zip(&kept)
+            .enumerate()
+            .map(|(index, (name, (_, _, boxes)))| (index as u64, name.as_str(), boxes.as_slice())),
+    )?;
+    let bytes = bytes + put(loc, class_csv_path(split), csv).await? + put(loc, coco_path(split), coco).await?;
+    Ok(SplitSummary { split, images: count, bytes, image_bytes, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// What rendering one item gives: its files (path relative to the root, bytes) and what the caller keeps.
+pub(crate) type Rendered<T> = (Vec<(String, Vec<u8>)>, T);
+
+/// Renders items `0..count` with `render_one` on the rayon pool and puts their files into `loc`
+/// concurrently; returns the bytes put and what each item kept, in index order. `what` names the set
+/// in errors and logs.
+pub(crate) async fn render_and_put<T, F>(
+    loc: &Location,
+    what: &str,
+    count: u64,
+    render_one: F,
+) -> Result<(u64, Vec<T>), WorldError>
+where
+    T: Send + 'static,
+    F: Fn(u64) -> Result<Rendered<T>, WorldError> + Send + Sync + 'static,
+{
     // Rendering runs on a blocking thread feeding rayon; a bounded channel keeps it at most two
     // batches ahead of the writer, so memory stays flat for any count.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Rendered<T>>, WorldError>>(2);
+    let name = what.to_owned();
     let producer = tokio::task::spawn_blocking(move || {
         let mut start = 0;
         while start < count {
             let end = (start + BATCH).min(count);
-            let batch: Batch = (start..end)
-                .into_par_iter()
-                .map(|index| encode_scene(&render(&cfg, split, index), index).map(|enc| (index, enc)))
-                .collect();
+            let batch: Result<Vec<Rendered<T>>, WorldError> = (start..end).into_par_iter().map(&render_one).collect();
             let failed = batch.is_err();
             if tx.blocking_send(batch).is_err() || failed {
                 return;
             }
-            debug!(split = %split, done = end, count, "batch rendered");
+            debug!(set = %name, done = end, count, "batch rendered");
             start = end;
         }
     });
 
-    let mut images = 0u64;
-    let mut image_bytes = 0u64;
-    // Scene class and boxes of every scene, in index order, for the split-wide label files.
-    let mut labels: Vec<(u64, u8, Vec<GtBox>)> = Vec::with_capacity(count as usize);
+    let mut kept: Vec<T> = Vec::with_capacity(count as usize);
     let files = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (batch, rx)) })
         .map_ok(|batch| {
             let mut files: Vec<Result<(String, Vec<u8>), WorldError>> = Vec::with_capacity(batch.len() * 4);
-            for (index, enc) in batch {
-                images += 1;
-                image_bytes += enc.image.len() as u64;
-                labels.push((index, enc.record.scene_class, enc.record.boxes));
-                files.push(Ok((image_path(split, index), enc.image)));
-                files.push(Ok((truth_path(split, index), enc.truth_json)));
-                files.push(Ok((seg_path(split, index), enc.seg_png)));
-                files.push(Ok((depth_path(split, index), enc.depth_png)));
+            for (item_files, item) in batch {
+                kept.push(item);
+                files.extend(item_files.into_iter().map(Ok));
             }
             futures::stream::iter(files)
         })
@@ -276,25 +320,17 @@ async fn write_split(cfg: WorldConfig, loc: &Location, split: Split, count: u64)
     // Join the producer before reporting, so a render panic is reported as such.
     let joined = producer.await;
     let bytes = bytes?;
-    joined.map_err(|e| WorldError::Render { split: split.to_string(), reason: e.to_string() })?;
-    if images != count {
+    joined.map_err(|e| WorldError::Render { split: what.to_owned(), reason: e.to_string() })?;
+    if kept.len() as u64 != count {
         return Err(WorldError::Render {
-            split: split.to_string(),
-            reason: format!("{images} of {count} scenes arrived"),
+            split: what.to_owned(),
+            reason: format!("{} of {count} scenes arrived", kept.len()),
         });
     }
-    let names: Vec<String> = labels.iter().map(|(index, _, _)| image_name(*index)).collect();
-    let csv = encode_class_csv(names.iter().zip(&labels).map(|(name, (_, class, _))| (name.as_str(), *class)));
-    let coco = encode_coco(
-        cfg.width(),
-        cfg.height(),
-        names.iter().zip(&labels).map(|(name, (index, _, boxes))| (*index, name.as_str(), boxes.as_slice())),
-    )?;
-    let bytes = bytes + put(loc, class_csv_path(split), csv).await? + put(loc, coco_path(split), coco).await?;
-    Ok(SplitSummary { split, images, bytes, image_bytes, seconds: started.elapsed().as_secs_f64() })
+    Ok((bytes, kept))
 }
 
-async fn put(loc: &Location, relative: String, data: Vec<u8>) -> Result<u64, WorldError> {
+pub(crate) async fn put(loc: &Location, relative: String, data: Vec<u8>) -> Result<u64, WorldError> {
     let path = loc.child(&relative);
     let len = data.len() as u64;
     loc.store
