@@ -91,6 +91,28 @@ enum Command {
         #[arg(long)]
         run: PathBuf,
     },
+    /// Export a checkpoint for PyTorch and the labeler: safetensors (torchvision ResNet names), TorchScript,
+    /// ONNX, and one labeler teacher spec per head.
+    Export {
+        /// A checkpoint directory, or a run directory (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Directory to write student.safetensors, student.pt, student.onnx and the specs into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Square input side (default: the run's evaluation size, from --config or the run's config.json).
+        #[arg(long)]
+        image_size: Option<u32>,
+        /// The run's TOML config, to read the input size from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A labeler teacher spec file to take class names from (default: class0, class1, ...).
+        #[arg(long)]
+        classes: Option<PathBuf>,
+        /// Teacher name prefix in the specs (<name>-classification, ...).
+        #[arg(long, default_value = "student")]
+        name: String,
+    },
 }
 
 fn load(args: &ConfigArgs, steps: Option<u64>) -> anyhow::Result<TrainConfig> {
@@ -155,6 +177,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .is_ok_and(|t| t.lines().next().is_some_and(|l| l.contains("\"kind\":\"finetune\"")));
             let path = if is_finetune { trainer::plot::draw_finetune(&run)? } else { trainer::plot::draw_run(&run)? };
             println!("{}", path.display());
+        }
+        Command::Export { checkpoint, out, image_size, config, classes, name } => {
+            let opts = trainer::export::ExportOptions { checkpoint, out, image_size, config, classes, name };
+            let summary = trainer::export::run(&opts)?;
+            println!(
+                "exported {} (step {}, input {}px, outputs {})",
+                summary.checkpoint.display(),
+                summary.step,
+                summary.image_size,
+                summary.outputs.join(", ")
+            );
+            for path in [&summary.weights, &summary.torchscript, &summary.onnx].into_iter().chain(&summary.specs) {
+                println!("  {}", path.display());
+            }
+            if !summary.onnx_check.is_empty() {
+                println!("{}", summary.onnx_check);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
