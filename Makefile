@@ -24,8 +24,11 @@ SHARD ?= 0
 NUM_SHARDS ?= 4
 EVAL_LABEL_CONFIG ?= $(ROOT)/configs/demo-eval-label.toml
 TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
+# The transfer experiment (MuST Tables 3-5 at CPU scale): full (about 90 min on 2 cores) or smoke (minutes).
+EXPERIMENT_SCALE ?= full
+EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
-.PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train bench bench-label bench-memory bench-train clean-out
+.PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train experiment bench bench-label bench-memory bench-train clean-out
 
 setup: $(SETUP_STAMP)
 
@@ -117,6 +120,10 @@ STEP_ROUNDS ?= 2
 bench-train: setup
 	CARGO=$(CARGO) PY=$(PY) TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) BENCH_THREADS=$(BENCH_THREADS) STEP_ROUNDS=$(STEP_ROUNDS) \
 	  tools/bench/bench_train.sh
+
+# Resumable: re-running skips finished steps. Writes report.md, results.json and one SVG chart per table.
+experiment: build
+	$(BIN)/experiment --scale $(EXPERIMENT_SCALE) --out $(EXPERIMENT_OUT)
 
 bench: bench-label bench-memory bench-train
 
