@@ -1,9 +1,11 @@
 //! FCOS detection head (Tian et al., "FCOS: Fully Convolutional One-Stage Object Detection") and its
 //! host-side geometry: target assignment for the loss and box decoding + NMS for evaluation.
 //!
-//! Why FCOS rather than RetinaNet: it is anchor-free, so there are no anchor scales/ratios to choose per
-//! dataset and no IoU-based anchor matching; a location is positive when it lies in the centre region of a
-//! box whose size falls in the level's range. That leaves fewer hyper-parameters to get wrong when the
+//! The paper's detection head is Mask R-CNN's (an RPN with 2 hidden convolutions, a Fast R-CNN head with
+//! 4 convolutions and a fully connected layer, §3.2). Why FCOS here rather than a two-stage or RetinaNet
+//! head: it is anchor-free, so there are no anchor scales/ratios to choose per dataset and no IoU-based
+//! anchor matching; a location is positive when it lies in the centre region of a box whose size falls in
+//! the level's range. That leaves fewer hyper-parameters to get wrong when the
 //! pseudo boxes come from an arbitrary teacher, and the same head works unchanged at 128² (CPU tests) and
 //! 640² (the paper's student). The variant implemented is the "FCOS imprv" one used by most codebases:
 //! centre sampling (radius 1.5 strides), centerness predicted from the regression tower, regression targets

@@ -111,7 +111,7 @@ pub struct StudentConfig {
     pub resnet_depth: ResNetDepth,
     /// Multiplies every channel count of the trunk, FPN and heads.
     pub width: f64,
-    /// FPN channels before the width multiplier (256 in the paper).
+    /// FPN channels before the width multiplier (256 in FPN and RetinaNet; the paper does not state its own).
     pub fpn_channels: usize,
     /// Conv layers in each FCOS tower (4 in FCOS).
     pub det_tower_convs: usize,
