@@ -37,7 +37,7 @@ struct Cli {
     /// The repository root (for the demo teachers' specs; default: where this binary was built from).
     #[arg(long)]
     repo: Option<PathBuf>,
-    /// Only redraw report.md and the charts from an earlier run's results.json.
+    /// Only collect the finished fine-tuning runs' eval.json again and redraw report.md and the charts.
     #[arg(long)]
     report_only: bool,
 }
@@ -66,9 +66,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let out = std::fs::canonicalize(&cli.out)?;
     let exp = Experiment { out: out.clone(), scale: scale.clone(), tools: Tools { bin_dir, repo } };
     if cli.report_only {
-        let text = std::fs::read_to_string(out.join("results.json")).context("reading results.json")?;
-        let results: Vec<report::Result> =
-            text.lines().map(serde_json::from_str).collect::<Result<_, _>>().context("parsing results.json")?;
+        let mut results = Vec::new();
+        for &seed in &scale.seeds {
+            for model in pipeline::MODELS {
+                for task in DOWNSTREAM {
+                    let run = exp.finetune_dir(seed, model, task.0);
+                    if run.join("eval.json").is_file() {
+                        results.push(report::read_result(seed, model, task.0, &run)?);
+                    }
+                }
+            }
+        }
         return write_report(&out, &scale, &results, t0);
     }
     println!("experiment ({} scale) in {}", scale.name, out.display());

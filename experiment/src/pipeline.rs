@@ -54,6 +54,24 @@ pub const STUDENT_ARMS: [(&str, &[&str]); 7] = [
     ("depth", &["depth"]),
 ];
 
+/// Every model fine-tuned, by report name, in the order [`Experiment::pretrain`] returns them.
+pub const MODELS: [&str; 14] = [
+    "teacher-cls",
+    "teacher-det",
+    "teacher-seg",
+    "teacher-depth",
+    "student-cls",
+    "student-cls+depth",
+    "student-cls+depth+seg",
+    "student-must",
+    "student-det",
+    "student-seg",
+    "student-depth",
+    "student-round2",
+    "supervised-multitask",
+    "random",
+];
+
 /// Where the binaries and the repository are.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -343,11 +361,16 @@ impl Experiment {
         Ok(models)
     }
 
+    /// Where `model` fine-tuned on downstream task `task` lives.
+    pub fn finetune_dir(&self, seed: u64, model: &str, task: &str) -> PathBuf {
+        self.seed_dir(seed).join("finetune").join(model).join(task)
+    }
+
     /// Step 6: `model` fine-tuned on downstream `task`; returns the run directory (its `eval.json`).
     pub fn finetune(&self, seed: u64, model: &Pretrained, task: (&str, &str, Option<u32>)) -> anyhow::Result<PathBuf> {
         let s = &self.scale;
         let (dir_name, kind, classes) = task;
-        let out = self.seed_dir(seed).join("finetune").join(&model.name).join(dir_name);
+        let out = self.finetune_dir(seed, &model.name, dir_name);
         let list = |v: &[f64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
         let steps = s.finetune_steps.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
         let init = model.run.as_ref().map(|r| format!("[init]\ncheckpoint = {}\n", toml_path(r))).unwrap_or_default();

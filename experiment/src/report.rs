@@ -19,6 +19,13 @@ pub struct Result {
     pub metric: String,
     pub value: f64,
     pub baseline: f64,
+    /// Normals only: the mean angular error in degrees (lower is better), the more telling figure when
+    /// most valid pixels share one normal.
+    #[serde(default)]
+    pub mean_degrees: Option<f64>,
+    /// The constant normal's mean angular error.
+    #[serde(default)]
+    pub mean_degrees_baseline: Option<f64>,
 }
 
 /// Reads a `trainer finetune` run's `eval.json` into a [`Result`].
@@ -36,6 +43,8 @@ pub fn read_result(seed: u64, model: &str, task: &str, run: &Path) -> anyhow::Re
         metric,
         value: score["value"].as_f64().context("no test value")?,
         baseline: score["baseline"].as_f64().context("no test baseline")?,
+        mean_degrees: v["points"][best]["test"]["normals_mean_degrees"]["value"].as_f64(),
+        mean_degrees_baseline: v["points"][best]["test"]["normals_mean_degrees"]["baseline"].as_f64(),
     })
 }
 
@@ -114,8 +123,8 @@ pub fn markdown(results: &[Result]) -> String {
         for (task, _, _) in DOWNSTREAM {
             let _ = write!(s, " {task} ({}) |", metric_of(results, task));
         }
-        let _ = write!(s, "\n|---|");
-        for _ in DOWNSTREAM {
+        let _ = write!(s, " normals: mean angle (°, lower is better) |\n|---|");
+        for _ in 0..=DOWNSTREAM.len() {
             let _ = write!(s, "---|");
         }
         s.push('\n');
@@ -129,6 +138,10 @@ pub fn markdown(results: &[Result]) -> String {
                     let _ = write!(s, " {m:.3} ± {sd:.3} |");
                 }
             }
+            let degrees: Vec<f64> =
+                results.iter().filter(|r| r.model == *model).filter_map(|r| r.mean_degrees).collect();
+            let (m, sd, n) = mean_sd(&degrees);
+            let _ = if n == 0 { write!(s, " – |") } else { write!(s, " {m:.1} ± {sd:.1} |") };
             s.push('\n');
         }
         let _ = write!(s, "| *trivial baseline* |");
@@ -137,6 +150,9 @@ pub fn markdown(results: &[Result]) -> String {
             let (m, _, n) = mean_sd(&b);
             let _ = if n == 0 { write!(s, " – |") } else { write!(s, " {m:.3} |") };
         }
+        let b: Vec<f64> = results.iter().filter_map(|r| r.mean_degrees_baseline).collect();
+        let (m, _, n) = mean_sd(&b);
+        let _ = if n == 0 { write!(s, " – |") } else { write!(s, " {m:.1} |") };
         let _ = writeln!(s, "\n\n![{}]({}.svg)\n", table.title, table.id);
     }
     s

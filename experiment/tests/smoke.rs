@@ -49,6 +49,10 @@ fn the_smoke_scale_reports_every_arm_on_every_downstream_task() {
             let row = rows.iter().find(|r| r["model"] == model && r["task"] == task);
             let value = row.and_then(|r| r["value"].as_f64());
             assert!(value.is_some_and(|v| (0.0..=1.0).contains(&v)), "{model} on {task}: {row:?}");
+            if task == "normals" {
+                let degrees = row.and_then(|r| r["mean_degrees"].as_f64());
+                assert!(degrees.is_some_and(|d| (0.0..=180.0).contains(&d)), "{model}: {row:?}");
+            }
         }
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
