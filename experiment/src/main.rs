@@ -96,18 +96,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     for r in per_seed {
         results.extend(r?);
     }
-    let lines: Vec<String> = results.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-    std::fs::write(out.join("results.json"), lines.join("\n") + "\n")?;
     write_report(&out, &scale, &results, t0)
 }
 
-/// report.md and the charts.
+/// results.json, report.md and the charts.
 fn write_report(
     out: &std::path::Path,
     scale: &scale::Scale,
     results: &[report::Result],
     t0: Instant,
 ) -> anyhow::Result<()> {
+    let lines: Vec<String> = results.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+    std::fs::write(out.join("results.json"), lines.join("\n") + "\n")?;
     let charts = report::draw(results, out)?;
     let timings = std::fs::read_to_string(out.join("timings.jsonl")).unwrap_or_default();
     let step_seconds: f64 = timings
