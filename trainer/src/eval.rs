@@ -40,7 +40,7 @@ impl EvalReport {
     }
 }
 
-fn host_f32(t: &Tensor) -> Result<Vec<f32>, TrainError> {
+pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>, TrainError> {
     let flat = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
     Vec::<f32>::try_from(&flat).map_err(|e| TrainError::Torch(format!("copying predictions to the host: {e}")))
 }

@@ -359,17 +359,23 @@ impl<'a> Batcher<'a> {
     }
 }
 
-/// The training order: epoch after epoch, each a fresh permutation keyed by `(seed, epoch)`.
+/// The training order: epoch after epoch, each a fresh permutation keyed by `(seed, epoch)`; returns the
+/// `batch_size` samples of batch `step` (each epoch a batch touches is shuffled once).
 pub(crate) fn epoch_order(len: usize, seed: u64, step: u64, batch_size: usize) -> Vec<usize> {
     let first = step as usize * batch_size;
-    (first..first + batch_size)
-        .map(|k| {
-            let (epoch, at) = (k / len, k % len);
-            let mut order: Vec<usize> = (0..len).collect();
-            Rng::keyed(&[hash_words(&[seed, 0x0065_706f_6368]), epoch as u64]).shuffle(&mut order);
-            order[at]
-        })
-        .collect()
+    let mut out = Vec::with_capacity(batch_size);
+    let mut epoch = None;
+    let mut order: Vec<usize> = Vec::new();
+    for k in first..first + batch_size {
+        let (e, at) = (k / len, k % len);
+        if epoch != Some(e) {
+            order = (0..len).collect();
+            Rng::keyed(&[hash_words(&[seed, 0x0065_706f_6368]), e as u64]).shuffle(&mut order);
+            epoch = Some(e);
+        }
+        out.push(order[at]);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint;
 use crate::data::Augmentation;
 use crate::error::{io_err, TrainError};
+use crate::eval::host_f32;
 use crate::loss::{depth_loss, normals_loss, segmentation_loss};
 use crate::metrics::{self, ClsAccumulator, DepthAccumulator, NormalsAccumulator, Score, SegAccumulator};
 use crate::metrics_log::MetricsLog;
@@ -237,11 +238,6 @@ fn loss(kind: DownstreamKind, out: &StudentOutput, b: &DownstreamBatch, device: 
     })
 }
 
-fn host_f32(t: &Tensor) -> Result<Vec<f32>, TrainError> {
-    let flat = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
-    Vec::<f32>::try_from(&flat).map_err(|e| TrainError::Torch(format!("copying predictions to the host: {e}")))
-}
-
 /// Metrics of `model` on one pass over `set`, letterboxed as in evaluation (no jitter, no flip).
 fn evaluate(
     model: &Model,
@@ -333,6 +329,8 @@ struct Sets {
     train: DownstreamSet,
     val: DownstreamSet,
     test: DownstreamSet,
+    /// The training set's mean normal: the constant baseline of the normals metric.
+    constant_normal: [f32; 3],
 }
 
 /// Trains one grid point and evaluates it on validation and test.
@@ -398,9 +396,8 @@ fn run_point(
     if let Some(p) = progress {
         p.finish();
     }
-    let constant = sets.train.mean_normal();
-    let val = evaluate(&model, &sets.val, cfg, constant, device)?;
-    let test = evaluate(&model, &sets.test, cfg, constant, device)?;
+    let val = evaluate(&model, &sets.val, cfg, sets.constant_normal, device)?;
+    let test = evaluate(&model, &sets.test, cfg, sets.constant_normal, device)?;
     Ok(PointResult {
         lr,
         steps,
@@ -440,11 +437,9 @@ pub fn run(cfg: &FinetuneConfig, opts: &FinetuneOptions) -> Result<FinetuneRepor
         DownstreamSet::read(&cfg.task.location, split, cfg.task.kind, cfg.task.num_classes)
             .map_err(|e| TrainError::Torch(e.to_string()))
     };
-    let sets = Sets {
-        train: read(&cfg.task.train_split)?,
-        val: read(&cfg.task.val_split)?,
-        test: read(&cfg.task.test_split)?,
-    };
+    let train = read(&cfg.task.train_split)?;
+    let constant_normal = train.mean_normal();
+    let sets = Sets { constant_normal, train, val: read(&cfg.task.val_split)?, test: read(&cfg.task.test_split)? };
     tracing::info!(
         kind = ?cfg.task.kind, init = %init.description, linear_probe = cfg.grid.linear_probe,
         train = sets.train.len(), val = sets.val.len(), test = sets.test.len(), "fine-tuning"
