@@ -1,6 +1,7 @@
-//! Drawing for the project's pictures (rendered pseudo labels, training curves) with nothing but the
-//! `image` crate: rectangles, lines, a viridis colour map and a built-in 5×7 bitmap font — no font
-//! files and no system libraries, so pictures look the same on every machine and in CI.
+//! Drawing for the rendered pseudo labels (`labeler render`) with nothing but the `image` crate:
+//! rectangles, tags, a viridis colour map and a built-in 5×7 bitmap font — no font files and no system
+//! libraries, so pictures look the same on every machine and in CI. Charts (training curves, the
+//! experiment's report) are drawn by `plotters` instead.
 
 use image::{Rgb, RgbImage};
 
@@ -165,37 +166,6 @@ fn glyph(ch: char) -> [u8; 7] {
     }
 }
 
-/// A line from (x0, y0) to (x1, y1) (Bresenham), `w` pixels thick, clipped to the image.
-#[allow(clippy::too_many_arguments)]
-pub fn draw_line(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, w: u32, colour: [u8; 3]) {
-    let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-    let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-    let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-    let half = i64::from(w / 2);
-    loop {
-        for oy in -half..=half {
-            for ox in -half..=half {
-                let (px, py) = (x + ox, y + oy);
-                if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
-                    img.put_pixel(px as u32, py as u32, Rgb(colour));
-                }
-            }
-        }
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,13 +179,10 @@ mod tests {
     }
 
     #[test]
-    fn text_is_cut_with_a_tilde_and_lines_reach_both_ends() {
+    fn text_is_cut_with_a_tilde() {
         let mut img = RgbImage::new(40, 10);
         draw_text(&mut img, 0, 0, "ABCDEFGH", [255, 255, 255], 40);
         // 40 px fit 6 glyphs of 6 px: five letters and '~'; nothing is drawn past x = 36.
         assert!((36..40).all(|x| (0..10).all(|y| img.get_pixel(x, y).0 == [0, 0, 0])));
-        let mut img = RgbImage::new(20, 20);
-        draw_line(&mut img, 0, 19, 19, 0, 1, [9, 9, 9]);
-        assert_eq!((img.get_pixel(0, 19).0, img.get_pixel(19, 0).0, img.get_pixel(10, 9).0), ([9; 3], [9; 3], [9; 3]));
     }
 }

@@ -171,8 +171,18 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Makes DejaVu Sans the charts' font (plotters keeps a global font table and measures text with it).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let parsed = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        assert!(parsed.is_ok(), "the embedded DejaVu Sans font does not parse");
+    });
+}
+
 /// One grouped bar chart per table: groups are downstream tasks, bars are rows, whiskers ± 1 sd.
 pub fn draw(results: &[Result], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    register_font();
     let mut written = Vec::new();
     for table in &TABLES {
         let path = dir.join(format!("{}.svg", table.id));

@@ -1,37 +1,67 @@
 //! Training curves as a PNG (`<run>/curves.png`), drawn from `metrics.jsonl` alone, so a run can be
 //! looked at while it trains (it is redrawn at every evaluation) and re-drawn later (`trainer plot`).
 //!
-//! Four panels: losses (total and per task, log scale), evaluation metrics with their trivial baselines
-//! as dashed lines of the same colour, the learning rate, and throughput.
+//! Charts are drawn by `plotters` into an RGB buffer and encoded by `image`; text uses DejaVu Sans
+//! embedded in the binary, so a run draws the same pixels on every machine, with or without system fonts.
+//!
+//! Pre-training: four panels, losses (total and per task, log scale), evaluation metrics with their
+//! trivial baselines as dashed lines of the same colour, the learning rate, and throughput.
+//! Fine-tuning: the loss of every grid point, and each point's validation and test metric.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
-use canvas::{draw_line, draw_rect, draw_text, fill_rect, text_width, GLYPH_HEIGHT};
-use image::RgbImage;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 
 use crate::error::TrainError;
 use crate::metrics_log::read_metrics;
 
-const PANEL_W: u32 = 420;
-const PANEL_H: u32 = 270;
-const MARGIN_L: u32 = 52;
-const MARGIN_R: u32 = 10;
-const MARGIN_T: u32 = 20;
-const MARGIN_B: u32 = 22;
-const BACKGROUND: [u8; 3] = [255, 255, 255];
-const AXES: [u8; 3] = [60, 60, 60];
-const GRID: [u8; 3] = [225, 225, 225];
-const PALETTE: [[u8; 3]; 7] =
-    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [23, 190, 207]];
+const PANEL_W: u32 = 520;
+const PANEL_H: u32 = 340;
+const FONT: &str = "sans-serif";
+const PALETTE: [RGBColor; 7] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+];
 
 /// A named series of (step, value) points.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Series {
     name: String,
     points: Vec<(f64, f64)>,
     dashed: bool,
-    colour: [u8; 3],
+    colour: RGBColor,
+}
+
+/// One chart: its title, its x axis and its series.
+struct Panel<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    series: &'a [Series],
+    log_y: bool,
+}
+
+/// Makes DejaVu Sans the chart font (once per process; plotters keeps a global font table).
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded font is a valid TrueType file; failing to parse it is a build defect.
+        let parsed = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        assert!(parsed.is_ok(), "the embedded DejaVu Sans font does not parse");
+    });
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io { path: path.display().to_string(), source: std::io::Error::other(format!("drawing: {e}")) }
 }
 
 fn series_from(
@@ -85,7 +115,7 @@ pub fn draw_run(run: &Path) -> Result<PathBuf, TrainError> {
         v
     });
     // Baselines share their metric's colour, dashed.
-    let colours: BTreeMap<String, [u8; 3]> = metrics
+    let colours: BTreeMap<String, RGBColor> = metrics
         .iter()
         .filter(|s| !s.name.ends_with(" baseline"))
         .enumerate()
@@ -94,19 +124,19 @@ pub fn draw_run(run: &Path) -> Result<PathBuf, TrainError> {
     for s in &mut metrics {
         let base = s.name.trim_end_matches(" baseline").to_owned();
         s.dashed = s.name.ends_with(" baseline");
-        s.colour = colours.get(&base).copied().unwrap_or(AXES);
+        s.colour = colours.get(&base).copied().unwrap_or(BLACK);
     }
     let lr = series_from(&records, "train", |r| vec![("lr".to_owned(), r["lr"].as_f64().unwrap_or(f64::NAN))]);
     let speed = series_from(&records, "train", |r| {
         vec![("samples/s".to_owned(), r["samples_per_s"].as_f64().unwrap_or(f64::NAN))]
     });
-
-    let mut img = RgbImage::from_pixel(2 * PANEL_W, 2 * PANEL_H, image::Rgb(BACKGROUND));
-    panel(&mut img, 0, 0, "LOSS (LOG SCALE)", &losses, true);
-    panel(&mut img, PANEL_W, 0, "EVAL METRICS (DASHED: TRIVIAL BASELINE)", &metrics, false);
-    panel(&mut img, 0, PANEL_H, "LEARNING RATE", &lr, false);
-    panel(&mut img, PANEL_W, PANEL_H, "THROUGHPUT (SAMPLES/S)", &speed, false);
-    save(&img, run)
+    let panels = [
+        Panel { title: "loss (log scale)", x_desc: "step", series: &losses, log_y: true },
+        Panel { title: "eval metrics (dashed: trivial baseline)", x_desc: "step", series: &metrics, log_y: false },
+        Panel { title: "learning rate", x_desc: "step", series: &lr, log_y: false },
+        Panel { title: "throughput (samples/s)", x_desc: "step", series: &speed, log_y: false },
+    ];
+    render(run, (2, 2), &panels)
 }
 
 /// Draws a fine-tuning run's `<run>/curves.png`: the loss of every grid point by step, and each point's
@@ -131,16 +161,29 @@ pub fn draw_finetune(run: &Path) -> Result<PathBuf, TrainError> {
             .collect();
         scores.push(Series { name: split.to_owned(), points: pts, dashed: false, colour });
     }
-    let mut img = RgbImage::from_pixel(2 * PANEL_W, PANEL_H, image::Rgb(BACKGROUND));
-    panel(&mut img, 0, 0, "FINE-TUNING LOSS PER GRID POINT (LOG)", &losses, true);
-    let title = format!("{} PER GRID POINT (X: POINT INDEX)", metric.to_uppercase());
-    panel(&mut img, PANEL_W, 0, &title, &scores, false);
-    save(&img, run)
+    let title = format!("{metric} per grid point");
+    let panels = [
+        Panel { title: "fine-tuning loss per grid point (log scale)", x_desc: "step", series: &losses, log_y: true },
+        Panel { title: &title, x_desc: "grid point", series: &scores, log_y: false },
+    ];
+    render(run, (1, 2), &panels)
 }
 
-/// Writes `<run>/curves.png` atomically.
-fn save(img: &RgbImage, run: &Path) -> Result<PathBuf, TrainError> {
+/// Draws `panels` on a `rows` × `cols` grid and writes `<run>/curves.png` atomically.
+fn render(run: &Path, (rows, cols): (usize, usize), panels: &[Panel]) -> Result<PathBuf, TrainError> {
+    register_font();
     let path = run.join("curves.png");
+    let (w, h) = (PANEL_W * cols as u32, PANEL_H * rows as u32);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(&path, e))?;
+        for (area, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
+            draw_panel(area, panel).map_err(|e| plot_err(&path, e))?;
+        }
+        root.present().map_err(|e| plot_err(&path, e))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer sized to the image");
     let tmp = run.join(".curves.png.tmp");
     img.save_with_format(&tmp, image::ImageFormat::Png)
         .map_err(|e| TrainError::Io { path: tmp.display().to_string(), source: std::io::Error::other(e) })?;
@@ -148,33 +191,28 @@ fn save(img: &RgbImage, run: &Path) -> Result<PathBuf, TrainError> {
     Ok(path)
 }
 
+/// Short tick and legend numbers: 3 significant figures without trailing zeros, exponents outside
+/// [1e-3, 1e4).
 fn fmt_value(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
-        "0".into()
-    } else if !(1e-3..1e4).contains(&a) {
-        format!("{v:.1e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
+        return "0".into();
+    }
+    if !(1e-3..1e4).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
     } else {
-        format!("{v:.3}")
+        s
     }
 }
 
-/// One panel at (`ox`, `oy`): frame, title, y range labels, x range labels, series and legend.
-fn panel(img: &mut RgbImage, ox: u32, oy: u32, title: &str, series: &[Series], log: bool) {
-    let (x0, y0) = (ox + MARGIN_L, oy + MARGIN_T);
-    let (x1, y1) = (ox + PANEL_W - MARGIN_R, oy + PANEL_H - MARGIN_B);
-    draw_text(img, ox + 4, oy + 5, title, AXES, ox + PANEL_W);
-    let tf = |v: f64| if log { v.max(1e-12).log10() } else { v };
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (x, tf(y)))).collect();
-    if pts.is_empty() {
-        draw_rect(img, x0, y0, x1, y1, 1, AXES);
-        draw_text(img, x0 + 8, y0 + 8, "NO DATA YET", AXES, x1);
-        return;
-    }
+/// Axis ranges with a little padding; a non-negative linear series keeps its axis at or above 0 (a
+/// learning rate never looks negative), and a flat series gets a visible band around its value.
+fn ranges(pts: &[(f64, f64)], log_y: bool) -> (Range<f64>, Range<f64>) {
     let (mut xmin, mut xmax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.0), a.1.max(p.0)));
     let (mut ymin, mut ymax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.1), a.1.max(p.1)));
     if xmax <= xmin {
@@ -187,52 +225,73 @@ fn panel(img: &mut RgbImage, ox: u32, oy: u32, title: &str, series: &[Series], l
         ymax += pad;
     } else {
         let pad = (ymax - ymin) * 0.05;
-        // Keep a non-negative series' axis at or above 0 (a learning rate never looks negative).
-        ymin = if ymin >= 0.0 && !log { (ymin - pad).max(0.0) } else { ymin - pad };
+        ymin = if ymin >= 0.0 && !log_y { (ymin - pad).max(0.0) } else { ymin - pad };
         ymax += pad;
     }
-    let sx = |x: f64| x0 as f64 + (x - xmin) / (xmax - xmin) * (x1 - x0) as f64;
-    let sy = |y: f64| y1 as f64 - (y - ymin) / (ymax - ymin) * (y1 - y0) as f64;
-    for k in 1..4 {
-        let gy = y0 + (y1 - y0) * k / 4;
-        fill_rect(img, x0 + 1, gy, x1, gy + 1, GRID);
+    (xmin..xmax, ymin..ymax)
+}
+
+/// One chart: caption, axes with ticks, every series (dashed ones without a legend entry) and a legend
+/// giving each solid series' last value. A log-scale panel plots log10 of the values and labels ticks
+/// with the values themselves.
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let log = panel.log_y;
+    let tf = move |v: f64| if log { v.max(1e-12).log10() } else { v };
+    let pts: Vec<(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (x, tf(y)))).collect();
+    if pts.is_empty() {
+        let inner = area.titled(panel.title, (FONT, 16))?;
+        inner.draw(&Text::new("no data yet", (60, 40), (FONT, 14)))?;
+        return Ok(());
     }
-    draw_rect(img, x0, y0, x1, y1, 1, AXES);
-    let label = |v: f64| fmt_value(if log { 10f64.powf(v) } else { v });
-    let top = label(ymax);
-    let bottom = label(ymin);
-    draw_text(img, x0.saturating_sub(text_width(&top) + 3), y0, &top, AXES, x0);
-    draw_text(img, x0.saturating_sub(text_width(&bottom) + 3), y1 - GLYPH_HEIGHT, &bottom, AXES, x0);
-    let left = format!("STEP {}", xmin.round());
-    let right = format!("{}", xmax.round());
-    draw_text(img, x0, y1 + 5, &left, AXES, x1);
-    draw_text(img, x1.saturating_sub(text_width(&right)), y1 + 5, &right, AXES, x1 + MARGIN_R);
-    for s in series {
-        let mapped: Vec<(i64, i64)> =
-            s.points.iter().map(|&(x, y)| (sx(x).round() as i64, sy(tf(y)).round() as i64)).collect();
-        if mapped.len() == 1 {
-            let (x, y) = mapped[0];
-            draw_line(img, x - 2, y, x + 2, y, 3, s.colour);
+    let (xr, yr) = ranges(&pts, log);
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.title, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(58)
+        .build_cartesian_2d(xr, yr)?;
+    let y_label = move |v: &f64| fmt_value(if log { 10f64.powf(*v) } else { *v });
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_desc)
+        .x_labels(6)
+        .y_labels(6)
+        .x_label_formatter(&|x| fmt_value(*x))
+        .y_label_formatter(&y_label)
+        .label_style((FONT, 12))
+        .light_line_style(WHITE)
+        .draw()?;
+    let mut legend = false;
+    for s in panel.series {
+        let points: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x, tf(y))).collect();
+        if s.dashed {
+            chart.draw_series(DashedLineSeries::new(points, 6, 4, s.colour.stroke_width(1)))?;
+            continue;
         }
-        for (i, w) in mapped.windows(2).enumerate() {
-            if s.dashed && i % 2 == 1 {
-                continue;
-            }
-            draw_line(img, w[0].0, w[0].1, w[1].0, w[1].1, if s.dashed { 1 } else { 2 }, s.colour);
-        }
-    }
-    // Legend, top right, one line per series (baselines are explained in the title).
-    let mut ly = y0 + 4;
-    for s in series.iter().filter(|s| !s.dashed) {
+        // Markers and a heavier line on sparse series (evaluations, grid points), so a single point shows;
+        // a thin line on dense ones (per-step losses), so noise does not hide the trend.
+        let (marker, width) = if points.len() < 40 { (3, 2) } else { (0, 1) };
+        let colour = s.colour;
         let last = s.points.last().map(|p| fmt_value(p.1)).unwrap_or_default();
-        let text = format!("{} {}", s.name, last);
-        let w = text_width(&text) + 14;
-        let lx = x1.saturating_sub(w + 4);
-        fill_rect(img, lx - 2, ly - 1, x1 - 2, ly + GLYPH_HEIGHT + 1, BACKGROUND);
-        fill_rect(img, lx, ly + 2, lx + 8, ly + 5, s.colour);
-        draw_text(img, lx + 12, ly, &text, s.colour, x1);
-        ly += GLYPH_HEIGHT + 4;
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(width)).point_size(marker))?
+            .label(format!("{}: {last}", s.name))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+        legend = true;
     }
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FONT, 12))
+            .draw()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -257,10 +316,39 @@ mod tests {
         let path = draw_run(dir.path()).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (2 * PANEL_W, 2 * PANEL_H));
-        // The loss panel has the first palette colour (the total loss) somewhere inside its frame.
-        let inside = (MARGIN_L + 1..PANEL_W - MARGIN_R)
-            .flat_map(|x| (MARGIN_T + 1..PANEL_H - MARGIN_B).map(move |y| (x, y)))
-            .any(|(x, y)| img.get_pixel(x, y).0 == PALETTE[0]);
-        assert!(inside);
+        let has = |x0: u32, y0: u32, colour: RGBColor| {
+            (x0..x0 + PANEL_W).flat_map(|x| (y0..y0 + PANEL_H).map(move |y| (x, y))).any(|(x, y)| {
+                let p = img.get_pixel(x, y).0;
+                (p[0], p[1], p[2]) == (colour.0, colour.1, colour.2)
+            })
+        };
+        // The total loss (first colour) in the loss panel, the metric and its baseline in the eval panel.
+        assert!(has(0, 0, PALETTE[0]));
+        assert!(has(PANEL_W, 0, PALETTE[0]));
+        // Captions and tick labels are real glyphs: dark anti-aliased text in the caption band.
+        let dark =
+            (0..PANEL_W).flat_map(|x| (0..24).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0[0] < 128);
+        assert!(dark.count() > 100, "no caption text drawn");
+    }
+
+    #[test]
+    fn draws_an_empty_run_and_a_finetune_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), "").unwrap();
+        let path = draw_run(dir.path()).unwrap();
+        assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), (2 * PANEL_W, 2 * PANEL_H));
+
+        let mut f = std::fs::File::create(dir.path().join("metrics.jsonl")).unwrap();
+        for point in ["lr0.1", "lr0.01"] {
+            for step in 1..=5u64 {
+                writeln!(f, r#"{{"kind":"finetune","point":"{point}","step":{step},"loss":{}}}"#, 1.0 / step as f64)
+                    .unwrap();
+            }
+            writeln!(f, r#"{{"kind":"point","point":"{point}","val":{{"miou":{{"value":0.4}}}},"test":{{"miou":{{"value":0.3}}}}}}"#).unwrap();
+        }
+        drop(f);
+        let path = draw_finetune(dir.path()).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (2 * PANEL_W, PANEL_H));
     }
 }
