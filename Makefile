@@ -7,6 +7,7 @@ ROOT := $(abspath .)
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
+GLOO_HEADERS := $(VENV)/gloo/usr/include/gloo/algorithm.h
 CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN := $(ROOT)/target/release
@@ -30,7 +31,17 @@ EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
 .PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train experiment bench bench-label bench-memory bench-train clean-out
 
-setup: $(SETUP_STAMP)
+setup: $(SETUP_STAMP) $(GLOO_HEADERS)
+
+# Gloo's C++ headers (for the trainer's c10d shim; the torch wheel lacks them): Debian's libgloo-dev,
+# unpacked without root. `apt-get download` needs the package lists; the pool URL is the fall-back.
+GLOO_DEB_URL ?= http://deb.debian.org/debian/pool/main/g/gloo/libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb
+$(GLOO_HEADERS):
+	@rm -rf $(VENV)/gloo.tmp && mkdir -p $(VENV)/gloo.tmp
+	cd $(VENV)/gloo.tmp && { apt-get download libgloo-dev >/dev/null 2>&1 || python3 -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], 'libgloo-dev.deb')" '$(GLOO_DEB_URL)'; }
+	dpkg -x $(VENV)/gloo.tmp/*.deb $(VENV)/gloo.tmp/root
+	@rm -rf $(VENV)/gloo && mkdir -p $(VENV)/gloo && mv $(VENV)/gloo.tmp/root/usr $(VENV)/gloo/usr && rm -rf $(VENV)/gloo.tmp
+	@test -f $@ && echo "setup: gloo headers in $(VENV)/gloo/usr/include"
 
 $(SETUP_STAMP): tools/requirements.txt
 	@command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }

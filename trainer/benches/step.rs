@@ -24,7 +24,7 @@ use tch::nn::VarStore;
 use tch::Device;
 use trainer::batch::{Batch, BoxTarget};
 use trainer::config::OptimSection;
-use trainer::loss::{images_tensor, task_losses, DetTargets, Objective};
+use trainer::loss::{images_tensor, task_losses, DetTargets, LocalCount, Objective};
 use trainer::model::{count_parameters, ResNetDepth, Student, StudentConfig};
 use trainer::optim::Optimizer;
 
@@ -165,7 +165,7 @@ fn main() {
         tch::Tensor::write_npz(&weights, out_dir.join(format!("train-step-weights-{name}-{size}.npz"))).unwrap();
         let initial: BTreeMap<&str, f64> = {
             let out = student.forward_t(&images_tensor(&batch, device).unwrap(), true);
-            let losses = task_losses(&out, &batch, device).unwrap();
+            let losses = task_losses(&out, &batch, device, &LocalCount).unwrap();
             losses.losses.iter().map(|(t, l)| (t.as_str(), l.double_value(&[]))).collect()
         };
         // One step; returns the seconds spent in forward, losses (with the weighted total), zero-grad +
@@ -175,7 +175,7 @@ fn main() {
             let x = images_tensor(&batch, device).unwrap();
             let out = student.forward_t(&x, true);
             let t1 = Instant::now();
-            let losses = task_losses(&out, &batch, device).unwrap();
+            let losses = task_losses(&out, &batch, device, &LocalCount).unwrap();
             let total = objective.total(&losses);
             let t2 = Instant::now();
             optimizer.zero_grad();

@@ -213,6 +213,17 @@ pub struct RunSection {
     /// Evaluate every this many steps (0: only at the end), when `[eval]` is configured.
     #[serde(default)]
     pub eval_every: u64,
+    /// Data-parallel runs (`WORLD_SIZE > 1`): batch-norm statistics over the global batch instead of
+    /// each process's slice (what MuST's student and Zoph et al. train with).
+    #[serde(default)]
+    pub sync_batch_norm: bool,
+    /// Data-parallel runs: seconds a collective may wait for the other processes before the run fails
+    /// (a process that died, or a rank 0 evaluating for longer than this). Default 1800, as PyTorch's.
+    #[serde(default = "default_dist_timeout")]
+    pub dist_timeout_s: u64,
+    /// Data-parallel runs: gradients are all-reduced in flat buckets of at most this many MiB.
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
 }
 
 impl Default for RunSection {
@@ -226,6 +237,9 @@ impl Default for RunSection {
             checkpoint_every: default_checkpoint_every(),
             keep_checkpoints: default_keep(),
             eval_every: 0,
+            sync_batch_norm: false,
+            dist_timeout_s: default_dist_timeout(),
+            bucket_mb: default_bucket_mb(),
         }
     }
 }
@@ -241,6 +255,12 @@ fn default_checkpoint_every() -> u64 {
 }
 fn default_keep() -> usize {
     2
+}
+fn default_dist_timeout() -> u64 {
+    1800
+}
+fn default_bucket_mb() -> f64 {
+    25.0
 }
 
 /// The labelled shard set to evaluate on.
@@ -426,6 +446,12 @@ impl TrainConfig {
         }
         if self.run.keep_checkpoints == 0 {
             return Err(self.invalid("run.keep_checkpoints", "must be at least 1"));
+        }
+        if self.run.dist_timeout_s == 0 {
+            return Err(self.invalid("run.dist_timeout_s", "must be at least 1"));
+        }
+        if !(self.run.bucket_mb.is_finite() && self.run.bucket_mb > 0.0) {
+            return Err(self.invalid("run.bucket_mb", format!("must be positive, got {}", self.run.bucket_mb)));
         }
         if let Some(e) = &self.eval {
             if e.datasets.is_empty() {

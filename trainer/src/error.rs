@@ -35,6 +35,8 @@ pub enum TrainError {
     NonFinite { step: u64, what: String, value: f64 },
     #[error("device: {0}")]
     Device(String),
+    #[error("data-parallel training: {0}")]
+    Distributed(#[from] crate::distributed::DistError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use crate::batch::Batch;
+pub use crate::distributed::{GlobalCount, LocalCount};
 use crate::model::fcos::{self, DetOutput, LevelShape};
 use crate::model::{StudentOutput, Task};
 
@@ -49,15 +50,16 @@ pub enum LossError {
     SegClass { row: usize, value: u8, classes: usize },
 }
 
-/// Mean over present rows of a per-row loss: `Σ row·present / max(1, Σ present)`.
-fn masked_mean_rows(row: &Tensor, present: &Tensor) -> Tensor {
-    (row * present).sum(Kind::Float) / present.sum(Kind::Float).clamp_min(1.0)
+/// Mean over present rows of a per-row loss: `Σ row·present / max(1, Σ present)`, the count taken over
+/// the global batch by `norm` (see [`GlobalCount`]).
+fn masked_mean_rows(row: &Tensor, present: &Tensor, norm: &dyn GlobalCount) -> Tensor {
+    (row * present).sum(Kind::Float) / norm.denominator(&present.sum(Kind::Float), 1.0)
 }
 
 /// `logits` `[B, C]`, `probs` `[B, C]` target distributions, `present` `[B]` 0/1.
-pub fn classification_loss(logits: &Tensor, probs: &Tensor, present: &Tensor) -> Tensor {
+pub fn classification_loss(logits: &Tensor, probs: &Tensor, present: &Tensor, norm: &dyn GlobalCount) -> Tensor {
     let row = -(probs * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist(-1, false, Kind::Float);
-    masked_mean_rows(&row, present)
+    masked_mean_rows(&row, present, norm)
 }
 
 /// FCOS targets for a batch, on the loss device.
@@ -129,29 +131,29 @@ pub fn giou_ltrb(pred: &Tensor, target: &Tensor) -> Tensor {
 }
 
 /// FCOS loss; `present` `[B]` 0/1 masks rows without detection labels.
-pub fn detection_loss(out: &DetOutput, t: &DetTargets, present: &Tensor) -> DetLoss {
+pub fn detection_loss(out: &DetOutput, t: &DetTargets, present: &Tensor, norm: &dyn GlobalCount) -> DetLoss {
     let k = out.cls.size()[2];
     let pos = t.labels.ge(0).to_kind(Kind::Float) * present.unsqueeze(-1);
-    let num_pos = pos.sum(Kind::Float).clamp_min(1.0);
+    let num_pos = norm.denominator(&pos.sum(Kind::Float), 1.0);
     let onehot = t.labels.clamp_min(0).one_hot(k).to_kind(Kind::Float) * pos.unsqueeze(-1);
     let focal_rows = sigmoid_focal(&out.cls, &onehot).sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
     let focal = (focal_rows * present).sum(Kind::Float) / &num_pos;
     let w = &t.centerness * &pos;
     let giou_loss: Tensor = 1.0 - giou_ltrb(&out.reg, &t.ltrb);
-    let giou = (&w * giou_loss).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(EPS);
+    let giou = (&w * giou_loss).sum(Kind::Float) / norm.denominator(&w.sum(Kind::Float), EPS);
     let ctr_bce = out.ctr.binary_cross_entropy_with_logits::<Tensor>(&t.centerness, None, None, Reduction::None);
     let centerness = (ctr_bce * &pos).sum(Kind::Float) / &num_pos;
     DetLoss { total: &focal + &giou + &centerness, focal, giou, centerness }
 }
 
 /// `logits` `[B, K, S, S]`, `target` `[B, S, S]` int64 with 255 = ignore, `present` `[B]`.
-pub fn segmentation_loss(logits: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+pub fn segmentation_loss(logits: &Tensor, target: &Tensor, present: &Tensor, norm: &dyn GlobalCount) -> Tensor {
     let ce = logits.cross_entropy_loss::<Tensor>(target, None, Reduction::None, i64::from(IGNORE), 0.0);
     let valid = target.ne(i64::from(IGNORE)).to_kind(Kind::Float);
     let dims = [1i64, 2].as_slice();
     let row =
         ce.sum_dim_intlist(dims, false, Kind::Float) / valid.sum_dim_intlist(dims, false, Kind::Float).clamp_min(1.0);
-    masked_mean_rows(&row, present)
+    masked_mean_rows(&row, present, norm)
 }
 
 /// Per-image least-squares scale and shift `(s, t)` aligning `pred` to `target` over `mask` (`[B, S, S]`
@@ -172,23 +174,23 @@ pub fn align_scale_shift(pred: &Tensor, target: &Tensor, mask: &Tensor) -> (Tens
 
 /// `pred` `[B, S, S]` raw prediction, `target` `[B, S, S]` normalised inverse depth, `valid` `[B, S, S]`
 /// 0/1, `present` `[B]`.
-pub fn depth_loss(pred: &Tensor, target: &Tensor, valid: &Tensor, present: &Tensor) -> Tensor {
+pub fn depth_loss(pred: &Tensor, target: &Tensor, valid: &Tensor, present: &Tensor, norm: &dyn GlobalCount) -> Tensor {
     let mask = valid * present.view([-1, 1, 1]);
     let (s, t) = align_scale_shift(pred, target, &mask);
     let aligned = pred * s.view([-1, 1, 1]) + t.view([-1, 1, 1]);
     let dims = [1i64, 2].as_slice();
     let n = mask.sum_dim_intlist(dims, false, Kind::Float);
     let row = ((aligned - target).abs() * &mask).sum_dim_intlist(dims, false, Kind::Float) / n.clamp_min(1.0);
-    masked_mean_rows(&row, &n.gt(0.0).to_kind(Kind::Float))
+    masked_mean_rows(&row, &n.gt(0.0).to_kind(Kind::Float), norm)
 }
 
 /// `pred` `[B, 3, S, S]` unit normals, `target` `[B, 3, S, S]` unit normals, `valid` `[B, S, S]` 0/1.
-pub fn normals_loss(pred: &Tensor, target: &Tensor, valid: &Tensor) -> Tensor {
+pub fn normals_loss(pred: &Tensor, target: &Tensor, valid: &Tensor, norm: &dyn GlobalCount) -> Tensor {
     let cos = (pred * target).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     let dims = [1i64, 2].as_slice();
     let n = valid.sum_dim_intlist(dims, false, Kind::Float);
     let row = ((-cos + 1.0) * valid).sum_dim_intlist(dims, false, Kind::Float) / n.clamp_min(1.0);
-    masked_mean_rows(&row, &n.gt(0.0).to_kind(Kind::Float))
+    masked_mean_rows(&row, &n.gt(0.0).to_kind(Kind::Float), norm)
 }
 
 /// Normalises one image's inverse depth over its valid pixels to median 0 and mean absolute deviation 1
@@ -219,8 +221,11 @@ pub fn normalise_inverse_depth(values: &mut [f32], valid: &mut [u8]) -> usize {
 pub struct TaskLosses {
     /// One entry per task with a head, in [`Task::ALL`] order.
     pub losses: Vec<(Task, Tensor)>,
-    /// Rows present per task.
+    /// Rows present per task (in this process's batch).
     pub present: BTreeMap<Task, usize>,
+    /// Whether any row of the global batch has the task (the same as `present > 0` in one process; over
+    /// every rank's slice in data-parallel training, so every rank adds the same uncertainty terms).
+    pub in_global_batch: BTreeMap<Task, bool>,
     /// Parts of composite losses, for logging (`det_focal`, `det_giou`, `det_ctr`).
     pub parts: Vec<(&'static str, Tensor)>,
 }
@@ -244,8 +249,14 @@ pub fn images_tensor(batch: &Batch, device: Device) -> Result<Tensor, LossError>
     Ok(Tensor::from_slice(&batch.images).view([b as i64, 3, s as i64, s as i64]).to_device(device))
 }
 
-/// Computes every task's loss for a batch from the student's output on that batch.
-pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result<TaskLosses, LossError> {
+/// Computes every task's loss for a batch from the student's output on that batch; `norm` takes the
+/// losses' denominators over the global batch in data-parallel training ([`LocalCount`] otherwise).
+pub fn task_losses(
+    out: &StudentOutput,
+    batch: &Batch,
+    device: Device,
+    norm: &dyn GlobalCount,
+) -> Result<TaskLosses, LossError> {
     let (b, s) = (batch.size, batch.image_size);
     let (bi, si) = (b as i64, s as i64);
     let mut losses = Vec::new();
@@ -266,7 +277,7 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
             Tensor::zeros([bi, c as i64], (Kind::Float, device))
         };
         let mask = present_mask(&batch.has_cls, device);
-        losses.push((Task::Cls, classification_loss(logits, &probs, &mask)));
+        losses.push((Task::Cls, classification_loss(logits, &probs, &mask, norm)));
         present.insert(Task::Cls, n);
     }
     if let Some(det) = &out.det {
@@ -287,7 +298,7 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
         }
         let targets = DetTargets::from_boxes(&rows, &det.levels, device);
         let mask = present_mask(&batch.has_det, device);
-        let l = detection_loss(det, &targets, &mask);
+        let l = detection_loss(det, &targets, &mask, norm);
         parts.push(("det_focal", l.focal));
         parts.push(("det_giou", l.giou));
         parts.push(("det_ctr", l.centerness));
@@ -312,7 +323,7 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
         }
         let target = Tensor::from_slice(&target).view([bi, si, si]).to_device(device);
         let mask = present_mask(&batch.has_seg, device);
-        losses.push((Task::Seg, segmentation_loss(logits, &target, &mask)));
+        losses.push((Task::Seg, segmentation_loss(logits, &target, &mask, norm)));
         present.insert(Task::Seg, count(&batch.has_seg));
     }
     if let Some(pred) = &out.depth {
@@ -332,10 +343,14 @@ pub fn task_losses(out: &StudentOutput, batch: &Batch, device: Device) -> Result
         let target = Tensor::from_slice(&target).view([bi, si, si]).to_device(device);
         let valid = Tensor::from_slice(&valid).view([bi, si, si]).to_kind(Kind::Float).to_device(device);
         let mask = present_mask(&batch.has_depth, device);
-        losses.push((Task::Depth, depth_loss(pred, &target, &valid, &mask)));
+        losses.push((Task::Depth, depth_loss(pred, &target, &valid, &mask, norm)));
         present.insert(Task::Depth, count(&batch.has_depth));
     }
-    Ok(TaskLosses { losses, present, parts })
+    let local: Vec<f32> = present.values().map(|&n| n as f32).collect();
+    let global = norm.denominator(&Tensor::from_slice(&local), 0.0);
+    let global = Vec::<f32>::try_from(&global).unwrap_or_else(|_| vec![f32::NAN; local.len()]);
+    let in_global_batch = present.keys().zip(global).map(|(&t, n)| (t, n > 0.0)).collect();
+    Ok(TaskLosses { losses, present, in_global_batch, parts })
 }
 
 /// Combines task losses into the training objective: fixed weights, optionally learned uncertainty.
@@ -372,7 +387,7 @@ impl Objective {
             let w = self.weights.get(task).copied().unwrap_or(1.0);
             let weighted = l * w;
             let term = match self.log_vars.as_ref().and_then(|m| m.get(task)) {
-                Some(s) if losses.present.get(task).copied().unwrap_or(0) > 0 => weighted * (-s).exp() + s,
+                Some(s) if losses.in_global_batch.get(task).copied().unwrap_or(false) => weighted * (-s).exp() + s,
                 Some(s) => weighted * (-s).exp(),
                 None => weighted,
             };
@@ -403,19 +418,24 @@ mod tests {
         let logits = t(&[2.0, 0.0, -1.0, 0.5, 0.5, 0.5]).view([2, 3]);
         let probs = t(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]).view([2, 3]);
         let present = t(&[1.0, 0.0]);
-        let l = scalar(&classification_loss(&logits, &probs, &present));
+        let l = scalar(&classification_loss(&logits, &probs, &present, &LocalCount));
         let expected = -(2f64.exp() / (2f64.exp() + 1.0 + (-1f64).exp())).ln();
         assert!((l - expected).abs() < 1e-5, "{l} vs {expected}");
         // A soft target: −Σ p log q.
         let soft = t(&[0.0, 0.0, 0.0, 0.5, 0.25, 0.25]).view([2, 3]);
-        let l = scalar(&classification_loss(&logits, &soft, &t(&[0.0, 1.0])));
+        let l = scalar(&classification_loss(&logits, &soft, &t(&[0.0, 1.0]), &LocalCount));
         assert!((l - 3f64.ln()).abs() < 1e-5);
     }
 
     #[test]
     fn no_present_rows_give_zero_with_a_graph() {
         let logits = Tensor::randn([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let l = classification_loss(&logits, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)), &t(&[0.0, 0.0]));
+        let l = classification_loss(
+            &logits,
+            &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
+            &t(&[0.0, 0.0]),
+            &LocalCount,
+        );
         assert_eq!(scalar(&l), 0.0);
         l.backward();
         assert_eq!(scalar(&logits.grad().abs().sum(Kind::Float)), 0.0);
@@ -426,6 +446,7 @@ mod tests {
             &Tensor::zeros([2, 4, 4], (Kind::Float, Device::Cpu)),
             &Tensor::ones([2, 4, 4], (Kind::Float, Device::Cpu)),
             &t(&[0.0, 0.0]),
+            &LocalCount,
         );
         assert_eq!(scalar(&l), 0.0);
         l.backward();
@@ -437,7 +458,7 @@ mod tests {
         // Two classes, 1×2 images. Row 0: pixel 0 class 1, pixel 1 ignored. Row 1 absent.
         let logits = t(&[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]).view([2, 2, 1, 2]);
         let target = Tensor::from_slice(&[1i64, 255, 255, 255]).view([2, 1, 2]);
-        let l = scalar(&segmentation_loss(&logits, &target, &t(&[1.0, 0.0])));
+        let l = scalar(&segmentation_loss(&logits, &target, &t(&[1.0, 0.0]), &LocalCount));
         assert!((l - 2f64.ln()).abs() < 1e-6);
     }
 
@@ -447,11 +468,11 @@ mod tests {
         let valid = Tensor::ones([1, 2, 3], (Kind::Float, Device::Cpu));
         let pred = t(&[0.2, 0.4, 0.1, 1.0, 0.3, 0.6]).view([1, 2, 3]);
         let present = t(&[1.0]);
-        let a = scalar(&depth_loss(&pred, &target, &valid, &present));
-        let b = scalar(&depth_loss(&(&pred * 7.0 - 3.0), &target, &valid, &present));
+        let a = scalar(&depth_loss(&pred, &target, &valid, &present, &LocalCount));
+        let b = scalar(&depth_loss(&(&pred * 7.0 - 3.0), &target, &valid, &present, &LocalCount));
         assert!(a > 0.0 && (a - b).abs() < 1e-5, "{a} vs {b}");
         // An affine image of the target is a perfect prediction.
-        let c = scalar(&depth_loss(&(&target * 2.0 + 1.0), &target, &valid, &present));
+        let c = scalar(&depth_loss(&(&target * 2.0 + 1.0), &target, &valid, &present, &LocalCount));
         assert!(c < 1e-5);
         // Hand-computed alignment: pred (0, 1, 2) to target (1, 3, 5) → s = 2, t = 1.
         let (s, sh) = align_scale_shift(
@@ -498,11 +519,11 @@ mod tests {
         };
         let boxes = [BoxTarget { x0: 0.0, y0: 0.0, x1: 16.0, y1: 16.0, class_id: 1 }];
         let tg = DetTargets::from_boxes(&[&boxes, &[]], &levels, Device::Cpu);
-        let l = detection_loss(&out, &tg, &t(&[1.0, 1.0]));
+        let l = detection_loss(&out, &tg, &t(&[1.0, 1.0]), &LocalCount);
         assert!(scalar(&l.total).is_finite() && scalar(&l.giou) > 0.0 && scalar(&l.focal) > 0.0);
         l.total.backward();
         assert!(scalar(&out.reg.grad().isfinite().all().to_kind(Kind::Float)) == 1.0);
-        let none = detection_loss(&out, &tg, &t(&[0.0, 0.0]));
+        let none = detection_loss(&out, &tg, &t(&[0.0, 0.0]), &LocalCount);
         assert_eq!(scalar(&none.total), 0.0);
     }
 
@@ -514,6 +535,7 @@ mod tests {
         let losses = TaskLosses {
             losses: vec![(Task::Cls, t(&[3.0]).sum(Kind::Float)), (Task::Depth, t(&[4.0]).sum(Kind::Float))],
             present: BTreeMap::from([(Task::Cls, 2), (Task::Depth, 0)]),
+            in_global_batch: BTreeMap::from([(Task::Cls, true), (Task::Depth, false)]),
             parts: vec![],
         };
         assert!((scalar(&obj.total(&losses)) - 8.0).abs() < 1e-6);

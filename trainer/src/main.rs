@@ -127,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(&cfg, steps)?;
             let opts = RunOptions { progress: terminal_bar(), stop_after };
             let summary = train::run(&config, &opts)?;
+            if !trainer::distributed::World::from_env()?.is_root() {
+                return Ok(ExitCode::SUCCESS); // rank 0 reports for the whole data-parallel run
+            }
             println!(
                 "run {}: steps {}..{} of {}{}",
                 summary.out.display(),

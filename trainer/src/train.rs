@@ -11,6 +11,11 @@
 //! sampler position are restored, `metrics.jsonl` is cut back to the checkpoint's step, and the following
 //! steps repeat exactly what the interrupted run would have done (same batches, same augmentation, same
 //! updates). To start over, delete the directory or pass another `--out`.
+//!
+//! Launched by torchrun, Slurm or a Kubernetes job with `WORLD_SIZE > 1`, the same loop runs data-parallel
+//! (see [`crate::distributed`]): every process takes its slice of each global batch, gradients are
+//! averaged before each step, and only rank 0 writes the run directory. Every rank reads the same
+//! checkpoint on resume, which may have been taken at another world size.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,7 +29,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::{ConfigError, DeviceChoice, TrainConfig};
-use crate::data::{DataError, Loader, SamplerState};
+use crate::data::{DataError, Loader, RankSlice, SamplerState};
+use crate::distributed::{self, GlobalCount, LocalCount, ProcessGroup, World};
 use crate::error::{io_err, TrainError};
 use crate::eval::{evaluate, EvalReport};
 use crate::loss::{images_tensor, task_losses, Objective};
@@ -161,12 +167,39 @@ impl LossScale {
     const GROWTH_INTERVAL: u64 = 2000;
 }
 
-/// Runs (or continues) the training run configured by `cfg`.
+/// Runs (or continues) the training run configured by `cfg`; data-parallel when the launcher's
+/// environment says so (see [`World::from_env`]).
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainError> {
-    let device = select_device(cfg.run.device)?;
+    let world = World::from_env()?;
+    let device = match select_device(cfg.run.device)? {
+        // One GPU per process: torchrun's LOCAL_RANK picks it.
+        Device::Cuda(_) if world.size > 1 => Device::Cuda(world.local_rank),
+        d => d,
+    };
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
+    let group = if world.size > 1 {
+        let timeout = std::time::Duration::from_secs(cfg.run.dist_timeout_s);
+        let group = Arc::new(ProcessGroup::join(&world, device, timeout)?);
+        tracing::info!(
+            rank = world.rank,
+            world = world.size,
+            backend = if device.is_cuda() { "nccl" } else { "gloo" },
+            "joined the process group"
+        );
+        if cfg.run.sync_batch_norm {
+            distributed::enable_sync_batch_norm(group.clone());
+        }
+        Some(group)
+    } else {
+        None
+    };
+    let root = world.is_root();
+    let norm: &dyn GlobalCount = match &group {
+        Some(g) => g.as_ref(),
+        None => &LocalCount,
+    };
     let mixed = cfg.run.mixed_precision && device.is_cuda();
     fs::create_dir_all(&cfg.out).map_err(io_err(&cfg.out))?;
     let config_json = cfg.out.join("config.json");
@@ -178,7 +211,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
     }
     let text =
         serde_json::to_vec_pretty(&recorded).map_err(|e| TrainError::Torch(format!("encoding the config: {e}")))?;
-    fs::write(&config_json, text).map_err(io_err(&config_json))?;
+    if root {
+        fs::write(&config_json, text).map_err(io_err(&config_json))?;
+    }
 
     let ckpt_dir = cfg.out.join("checkpoints");
     let mut model = Model::new(cfg, device);
@@ -203,7 +238,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
         }
         None => (0, SamplerState::default()),
     };
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), (start > 0).then_some(start))?;
+    // Same starting point on every rank: rank 0's weights and buffers (DDP does the same at construction).
+    let model_buffers: Vec<Tensor> =
+        model.named_tensors().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(_, t)| t).collect();
+    let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
+    if let Some(g) = &group {
+        g.broadcast_from_root(&model.named_tensors().into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
+    }
+    let bucket_bytes = (cfg.run.bucket_mb * (1 << 20) as f64) as usize;
+    let mut log =
+        if root { Some(MetricsLog::open(&cfg.out.join("metrics.jsonl"), (start > 0).then_some(start))?) } else { None };
     let total_steps = cfg.optim.steps;
     if start >= total_steps {
         tracing::info!(step = start, "the run is already finished");
@@ -216,14 +260,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
             skipped_images: 0,
         });
     }
-    let mut loader = Loader::new(cfg.data.clone(), sampler)?;
+    let mut data = cfg.data.clone();
+    data.rank = RankSlice { rank: world.rank, world: world.size };
+    let mut loader = Loader::new(data, sampler)?;
     for (name, rows) in loader.dataset_rows() {
         tracing::info!(dataset = %name, rows, "training data");
     }
     let (parameters, buffers) = crate::model::count_parameters(&model.vs);
     tracing::info!(parameters, buffers, device = ?device, mixed_precision = mixed, "student");
 
-    let bar = opts.progress.as_deref();
+    let bar = opts.progress.as_deref().filter(|_| root);
     if let Some(bar) = bar {
         bar.start("train", total_steps, start);
     }
@@ -247,16 +293,30 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
         let x = images_tensor(&batch, device)?;
         let (losses, total) = tch::autocast(mixed, || -> Result<_, TrainError> {
             let out = model.student.forward_t(&x, true);
-            let losses = task_losses(&out, &batch, device)?;
+            let losses = task_losses(&out, &batch, device, norm)?;
             let total = model.objective.total(&losses);
             Ok((losses, total))
         })?;
+        if let Some(e) = distributed::take_forward_error() {
+            return Err(e.into());
+        }
         let total_value = total.double_value(&[]);
         if !total_value.is_finite() {
             return Err(TrainError::NonFinite { step, what: "total loss".into(), value: total_value });
         }
         optimizer.zero_grad();
         (&total * scale.scale).backward();
+        if let Some(g) = &group {
+            if let Some(e) = distributed::take_forward_error() {
+                return Err(e.into());
+            }
+            g.average_gradients(&params, bucket_bytes)?;
+            if !cfg.run.sync_batch_norm {
+                // Per-rank batch-norm statistics: rank 0's running averages are the model's (DDP's
+                // broadcast_buffers), so every rank evaluates and checkpoints the same model.
+                g.broadcast_from_root(&model_buffers)?;
+            }
+        }
         let mut norm = optimizer.grad_norm();
         if mixed && !norm.is_finite() {
             scale.scale /= 2.0;
@@ -289,17 +349,20 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
             }
         }
         step += 1;
-        window.add(&losses, total_value, batch.size, t0.elapsed().as_secs_f64(), t_data);
+        let step_values = StepValues::of(&losses, total_value, batch.size, group.as_deref())?;
+        window.add(&step_values, t0.elapsed().as_secs_f64(), t_data);
 
         if step % cfg.run.log_every == 0 || step == stop_at {
             let record = window.record(step, lr, norm);
-            log.write(&record)?;
+            if let Some(log) = log.as_mut() {
+                log.write(&record)?;
+            }
             match bar {
                 Some(bar) => bar.update(
                     step,
                     &format!("loss {} | {} samples/s", Short(window.mean_total()), Short(window.samples_per_s())),
                 ),
-                None => tracing::info!(
+                None if root => tracing::info!(
                     step,
                     loss = %Short(window.mean_total()),
                     lr = %Short(lr),
@@ -307,16 +370,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
                     data_wait = %Short(window.data_fraction()),
                     "train"
                 ),
+                None => {}
             }
             window = Window::default();
         }
         let last = step == total_steps;
-        if step % cfg.run.checkpoint_every == 0 || last || step == stop_at {
+        if root && (step % cfg.run.checkpoint_every == 0 || last || step == stop_at) {
             save_checkpoint(cfg, &ckpt_dir, &model, &optimizer, step, loader.state(), scale.scale)?;
         }
         let eval_now = cfg.eval.is_some() && (last || (cfg.run.eval_every > 0 && step % cfg.run.eval_every == 0));
-        if eval_now {
-            let report = run_eval(cfg, &model, device, step, &mut log)?;
+        if let (true, Some(log)) = (eval_now, log.as_mut()) {
+            let report = run_eval(cfg, &model, device, step, log)?;
             if let Some(bar) = bar {
                 bar.println(&report.table());
             }
@@ -326,13 +390,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErro
     if let Some(bar) = bar {
         bar.finish();
     }
-    if exhausted && step < total_steps {
+    if root && exhausted && step < total_steps {
         save_checkpoint(cfg, &ckpt_dir, &model, &optimizer, step, loader.state(), scale.scale)?;
         tracing::info!(step, "the configured passes over the data are done");
     }
     let finished = step >= total_steps || exhausted;
-    if let Err(e) = crate::plot::draw_run(&cfg.out) {
-        tracing::warn!(error = %e, "could not draw the curves");
+    if root {
+        if let Err(e) = crate::plot::draw_run(&cfg.out) {
+            tracing::warn!(error = %e, "could not draw the curves");
+        }
     }
     Ok(RunSummary {
         out: cfg.out.clone(),
@@ -418,11 +484,58 @@ pub fn evaluate_checkpoint(cfg: &TrainConfig, checkpoint_path: &Path) -> Result<
     evaluate(&model.student, device, data, section.max_images)
 }
 
+/// One step's logged numbers; in data-parallel runs the mean over ranks (losses) or the sum (samples,
+/// rows present), from one small all-reduce.
+#[derive(Debug, Default)]
+struct StepValues {
+    total: f64,
+    samples: f64,
+    /// Loss and rows present of each task.
+    tasks: Vec<(&'static str, f64, f64)>,
+    parts: Vec<(&'static str, f64)>,
+}
+
+impl StepValues {
+    fn of(
+        losses: &crate::loss::TaskLosses,
+        total: f64,
+        samples: usize,
+        group: Option<&ProcessGroup>,
+    ) -> Result<StepValues, TrainError> {
+        let mut v = StepValues { total, samples: samples as f64, ..Default::default() };
+        for (task, l) in &losses.losses {
+            let present = losses.present.get(task).copied().unwrap_or(0) as f64;
+            v.tasks.push((task.as_str(), l.double_value(&[]), present));
+        }
+        for (name, l) in &losses.parts {
+            v.parts.push((name, l.to_kind(Kind::Double).double_value(&[])));
+        }
+        let Some(g) = group else { return Ok(v) };
+        let mut flat = vec![v.total, v.samples];
+        flat.extend(v.tasks.iter().flat_map(|t| [t.1, t.2]));
+        flat.extend(v.parts.iter().map(|p| p.1));
+        let t = Tensor::from_slice(&flat);
+        g.all_reduce_sum(&t)?;
+        let sum = Vec::<f64>::try_from(&t).map_err(|e| TrainError::Torch(e.to_string()))?;
+        let ranks = g.world().size as f64;
+        v.total = sum[0] / ranks;
+        v.samples = sum[1];
+        for (i, t) in v.tasks.iter_mut().enumerate() {
+            (t.1, t.2) = (sum[2 + 2 * i] / ranks, sum[3 + 2 * i]);
+        }
+        let base = 2 + 2 * v.tasks.len();
+        for (i, p) in v.parts.iter_mut().enumerate() {
+            p.1 = sum[base + i] / ranks;
+        }
+        Ok(v)
+    }
+}
+
 /// Running means over the steps between two log lines.
 #[derive(Debug, Default)]
 struct Window {
     steps: u64,
-    samples: u64,
+    samples: f64,
     seconds: f64,
     data_seconds: f64,
     total: f64,
@@ -431,22 +544,22 @@ struct Window {
 }
 
 impl Window {
-    fn add(&mut self, losses: &crate::loss::TaskLosses, total: f64, samples: usize, seconds: f64, data: f64) {
+    fn add(&mut self, v: &StepValues, seconds: f64, data: f64) {
         self.steps += 1;
-        self.samples += samples as u64;
+        self.samples += v.samples;
         self.seconds += seconds;
         self.data_seconds += data;
-        self.total += total;
-        for (task, l) in &losses.losses {
+        self.total += v.total;
+        for &(task, loss, present) in &v.tasks {
             // A task with no rows in this batch contributes an exact 0 that says nothing: leave it out.
-            if losses.present.get(task).copied().unwrap_or(0) > 0 {
-                let e = self.tasks.entry(task.as_str()).or_default();
-                e.0 += l.double_value(&[]);
+            if present > 0.0 {
+                let e = self.tasks.entry(task).or_default();
+                e.0 += loss;
                 e.1 += 1;
             }
         }
-        for (name, l) in &losses.parts {
-            *self.parts.entry(name).or_default() += l.to_kind(Kind::Double).double_value(&[]);
+        for &(name, l) in &v.parts {
+            *self.parts.entry(name).or_default() += l;
         }
     }
 
@@ -455,7 +568,7 @@ impl Window {
     }
 
     fn samples_per_s(&self) -> f64 {
-        self.samples as f64 / self.seconds.max(1e-9)
+        self.samples / self.seconds.max(1e-9)
     }
 
     fn data_fraction(&self) -> f64 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use data_support::*;
 use shards::Location;
 use trainer::batch::Batch;
-use trainer::data::{Augmentation, DataError, Loader, SamplerState, Sampling, Task};
+use trainer::data::{Augmentation, DataError, Loader, RankSlice, SamplerState, Sampling, Task};
 
 fn keys(batches: &[Batch]) -> Vec<String> {
     batches.iter().flat_map(|b| b.keys.iter().map(|(_, k)| k.clone())).collect()
@@ -208,4 +208,56 @@ fn a_state_from_another_sampling_mode_is_refused() {
     other.sampling = Sampling::PerDataset;
     let err = Loader::new(other, state).err().unwrap();
     assert!(matches!(err, DataError::State { .. }), "{err}");
+}
+
+/// Each rank's batches, concatenated per step, for `world` ranks starting at `start`.
+fn rank_union(cfg: &trainer::data::DataConfig, world: usize, start: &SamplerState, steps: usize) -> Vec<Vec<String>> {
+    let mut per_rank: Vec<Vec<Batch>> = (0..world)
+        .map(|rank| {
+            let mut c = cfg.clone();
+            c.rank = RankSlice { rank, world };
+            take(&mut Loader::new(c, start.clone()).unwrap(), steps)
+        })
+        .collect();
+    (0..steps)
+        .map(|step| per_rank.iter_mut().flat_map(|b| b[step].keys.iter().map(|(_, k)| k.clone())).collect())
+        .collect()
+}
+
+#[test]
+fn ranks_split_every_global_batch_also_after_a_resume_at_another_world_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path_a, root_a) = local_root(dir.path(), "a");
+    let (path_b, root_b) = local_root(dir.path(), "b");
+    let rt = runtime();
+    rt.block_on(write_dataset(&root_a, "a", 30, 2, 40, 30, 4));
+    rt.block_on(write_dataset(&root_b, "b", 18, 1, 30, 40, 4));
+    let cfg = config(vec![spec("a", &path_a, all_tasks()), spec("b", &path_b, all_tasks())], 32, 8);
+
+    // One process: 12 global batches, and the state after the 5th.
+    let mut single = Loader::new(cfg.clone(), SamplerState::default()).unwrap();
+    let first = take(&mut single, 5);
+    let state = single.state();
+    let rest = take(&mut single, 7);
+    let want: Vec<Vec<String>> =
+        first.iter().chain(&rest).map(|b| b.keys.iter().map(|(_, k)| k.clone()).collect()).collect();
+
+    // Two ranks from the start: disjoint halves whose union (in rank order) is the single batch.
+    let two = rank_union(&cfg, 2, &SamplerState::default(), 12);
+    assert_eq!(two, want);
+    // Resumed from the single process's state at 4 ranks (and at 2), the batches go on unchanged.
+    assert_eq!(rank_union(&cfg, 4, &state, 7), want[5..]);
+    assert_eq!(rank_union(&cfg, 2, &state, 7), want[5..]);
+    // A rank's state is the global one, so a 2-rank checkpoint resumes anywhere.
+    let mut c = cfg.clone();
+    c.rank = RankSlice { rank: 1, world: 2 };
+    let mut rank1 = Loader::new(c, SamplerState::default()).unwrap();
+    let _ = take(&mut rank1, 5);
+    assert_eq!(rank1.state(), state);
+
+    // A global batch that does not divide over the ranks is refused with the reason.
+    let mut c = cfg.clone();
+    c.rank = RankSlice { rank: 0, world: 3 };
+    let err = Loader::new(c, SamplerState::default()).unwrap_err().to_string();
+    assert!(err.contains("batch_size 8") && err.contains("3 processes"), "{err}");
 }

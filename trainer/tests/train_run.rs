@@ -176,6 +176,8 @@ fn a_killed_trainer_process_resumes_to_the_same_run() {
     child.wait().unwrap();
     let resumed_from = trainer::checkpoint::list(&checkpoints).unwrap().last().unwrap().0;
     assert!(resumed_from >= 3);
+    // The kill must land mid-run, or the re-run below would prove nothing.
+    assert!(resumed_from < steps, "the child finished before it was killed");
 
     let status = Command::new(trainer_bin())
         .args(["train", "--config", file.to_str().unwrap()])

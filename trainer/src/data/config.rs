@@ -116,6 +116,32 @@ pub struct DataConfig {
     /// Stop after this many passes over the data (only with `Uniform` sampling; `None`: never stop).
     #[serde(default)]
     pub passes: Option<u64>,
+    /// This process's part of every batch in data-parallel training (set by the trainer from its
+    /// process group, never from a file): `batch_size` is then the global batch.
+    #[serde(skip)]
+    pub rank: RankSlice,
+}
+
+/// Rank `rank` of `world` takes rows `[n·rank/world, n·(rank+1)/world)` of every global batch of `n`
+/// rows, so the ranks' slices are disjoint, their union is the single-process batch, and the sampler
+/// state (which counts global samples) is the same on every rank and for every world size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RankSlice {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for RankSlice {
+    fn default() -> Self {
+        RankSlice { rank: 0, world: 1 }
+    }
+}
+
+impl RankSlice {
+    /// The index range of this rank's rows in a global batch of `n` rows.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        n * self.rank / self.world..n * (self.rank + 1) / self.world
+    }
 }
 
 impl DataConfig {
@@ -133,6 +159,7 @@ impl DataConfig {
             num_classes,
             augment: Augmentation::default(),
             passes: None,
+            rank: RankSlice::default(),
         }
     }
 
@@ -181,6 +208,15 @@ impl DataConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size is 0".into());
+        }
+        if self.rank.world == 0 || self.rank.rank >= self.rank.world {
+            return bad(format!("rank {} of a world of {}", self.rank.rank, self.rank.world));
+        }
+        if !self.batch_size.is_multiple_of(self.rank.world) {
+            return bad(format!(
+                "batch_size {} is the global batch and must divide evenly over the {} processes",
+                self.batch_size, self.rank.world
+            ));
         }
         if self.workers == 0 || self.prefetch == 0 || self.shuffle_window == 0 {
             return bad("workers, prefetch and shuffle_window must be at least 1".into());

@@ -367,6 +367,9 @@ fn read_loop(
             }
         }
         if !rows.is_empty() {
+            // Every rank walks the whole global batch (so the sampler state is global) and keeps its slice.
+            let mine = cfg.rank.range(rows.len());
+            let rows: Vec<(u64, RawRow)> = rows.drain(mine).collect();
             let job = Job { index: batch_index, rows, state: seq.state() };
             if jobs.send(job).is_err() {
                 return;

@@ -24,7 +24,7 @@ pub(crate) mod rng;
 pub(crate) mod rows;
 mod sampler;
 
-pub use config::{Augmentation, DataConfig, DatasetSpec, NumClasses, Sampling, Task};
+pub use config::{Augmentation, DataConfig, DatasetSpec, NumClasses, RankSlice, Sampling, Task};
 pub use loader::Loader;
 pub use sampler::{SamplerState, StreamState};
 

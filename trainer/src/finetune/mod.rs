@@ -30,7 +30,7 @@ use crate::checkpoint;
 use crate::data::Augmentation;
 use crate::error::{io_err, TrainError};
 use crate::eval::host_f32;
-use crate::loss::{depth_loss, normals_loss, segmentation_loss};
+use crate::loss::{depth_loss, normals_loss, segmentation_loss, LocalCount};
 use crate::metrics::{self, ClsAccumulator, DepthAccumulator, NormalsAccumulator, Score, SegAccumulator};
 use crate::metrics_log::MetricsLog;
 use crate::model::{StudentConfig, StudentOutput};
@@ -221,19 +221,19 @@ fn loss(kind: DownstreamKind, out: &StudentOutput, b: &DownstreamBatch, device: 
         DownstreamKind::Segmentation => {
             let logits = out.seg.as_ref().ok_or_else(|| missing_head(kind))?;
             let target = Tensor::from_slice(&b.seg).view([n, s, s]).to_kind(Kind::Int64).to_device(device);
-            segmentation_loss(logits, &target, &present)
+            segmentation_loss(logits, &target, &present, &LocalCount)
         }
         DownstreamKind::Depth => {
             let pred = out.depth.as_ref().ok_or_else(|| missing_head(kind))?;
             let target = Tensor::from_slice(&b.depth).view([n, s, s]).to_device(device);
             let valid = Tensor::from_slice(&b.valid).view([n, s, s]).to_kind(Kind::Float).to_device(device);
-            depth_loss(pred, &target, &valid, &present)
+            depth_loss(pred, &target, &valid, &present, &LocalCount)
         }
         DownstreamKind::Normals => {
             let pred = out.normals.as_ref().ok_or_else(|| missing_head(kind))?;
             let target = Tensor::from_slice(&b.normals).view([n, 3, s, s]).to_device(device);
             let valid = Tensor::from_slice(&b.valid).view([n, s, s]).to_kind(Kind::Float).to_device(device);
-            normals_loss(pred, &target, &valid)
+            normals_loss(pred, &target, &valid, &LocalCount)
         }
     })
 }

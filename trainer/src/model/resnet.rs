@@ -41,7 +41,15 @@ fn conv_bn(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> ConvBn {
 
 impl ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train)
+        let h = xs.apply(&self.conv);
+        match crate::distributed::sync_batch_norm_group() {
+            // Synchronised batch norm: training statistics over every rank's part of the global batch.
+            Some(group) if train => {
+                let defaults = nn::BatchNormConfig::default();
+                crate::distributed::sync_batch_norm(group, &h, &self.bn, defaults.eps, defaults.momentum)
+            }
+            _ => h.apply_t(&self.bn, train),
+        }
     }
 }
 
