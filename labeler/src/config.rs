@@ -59,6 +59,9 @@ pub enum ClassLabels {
     Csv(String),
     /// `folders = true`: the first folder of each key names its class.
     Folders,
+    /// `member = "cls"` (`webdataset` only): the text of the sample's member with this extension is the
+    /// class (name or index), as WebDataset's `.cls` files hold it.
+    Member(String),
 }
 
 /// `detection = { coco = "<file>" }`: a COCO instances JSON file (path or URL).
@@ -122,6 +125,7 @@ struct RawSupervised {
 struct RawClassLabels {
     csv: Option<String>,
     folders: Option<bool>,
+    member: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -164,10 +168,21 @@ impl TryFrom<toml::Table> for SupervisedLabels {
             .map_err(|e: toml::de::Error| format!("supervised: {}", e.message()))?;
         let classification = match raw.classification {
             None => None,
-            Some(RawClassLabels { csv: Some(file), folders: None | Some(false) }) => Some(ClassLabels::Csv(file)),
-            Some(RawClassLabels { csv: None, folders: Some(true) }) => Some(ClassLabels::Folders),
+            Some(RawClassLabels { csv: Some(file), folders: None | Some(false), member: None }) => {
+                Some(ClassLabels::Csv(file))
+            }
+            Some(RawClassLabels { csv: None, folders: Some(true), member: None }) => Some(ClassLabels::Folders),
+            Some(RawClassLabels { csv: None, folders: None | Some(false), member: Some(ext) }) => {
+                let ext = ext.trim_start_matches('.').to_ascii_lowercase();
+                if ext.is_empty() || ext.contains('/') {
+                    return Err(format!("supervised.classification.member: {ext:?} is not a member extension"));
+                }
+                Some(ClassLabels::Member(ext))
+            }
             Some(_) => {
-                return Err("supervised.classification: give either `csv = \"<file>\"` or `folders = true`".into())
+                return Err("supervised.classification: give either `csv = \"<file>\"`, `folders = true` or \
+                            `member = \"cls\"`"
+                    .into())
             }
         };
         let segmentation = match raw.segmentation {
@@ -244,21 +259,61 @@ impl SupervisedLabels {
     }
 }
 
+/// How a dataset keeps its images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// One object per image, found by listing the location.
+    #[default]
+    Files,
+    /// WebDataset `.tar` shards: each sample's image member is one input, keyed `<tar path>/<sample key>`.
+    Webdataset,
+    /// Parquet files with an image bytes column: each row is one input, keyed `<file path>/<key>`.
+    Parquet,
+}
+
+impl DatasetFormat {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetFormat::Files => "files",
+            DatasetFormat::Webdataset => "webdataset",
+            DatasetFormat::Parquet => "parquet",
+        }
+    }
+}
+
 /// A dataset as written in the config.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     pub name: String,
-    /// Store prefix holding the images.
+    /// Store prefix holding the images (or the tar / Parquet files of a packed format).
     pub location: String,
-    /// File extensions to include (lower case, without the dot).
-    #[serde(default = "default_extensions")]
+    /// `files` (default), `webdataset` or `parquet`.
+    #[serde(default)]
+    pub format: DatasetFormat,
+    /// Image extensions to include (lower case, without the dot): file names for `files`, member
+    /// extensions of a sample for `webdataset`. Empty in the file means the format's default.
+    #[serde(default)]
     pub extensions: Vec<String>,
+    /// `parquet`: the image column, Binary or a struct with a Binary `bytes` field (Hugging Face
+    /// datasets). Default: the first of `image`, `jpg`, `png`, `webp` the file has.
+    pub image_column: Option<String>,
+    /// `parquet`: the column whose value names a row (string or integer). Default: `key` when the file has
+    /// it, else the row's number in its file.
+    pub key_column: Option<String>,
     pub supervised: Option<SupervisedLabels>,
 }
 
-fn default_extensions() -> Vec<String> {
+/// Image extensions a `files` dataset lists by default.
+pub fn default_extensions() -> Vec<String> {
     ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Image member extensions a `webdataset` sample is searched for by default, in order of preference.
+pub fn default_member_extensions() -> Vec<String> {
+    ["jpg", "jpeg", "png", "webp"].iter().map(|s| s.to_string()).collect()
 }
 
 /// Execution settings.
@@ -472,6 +527,43 @@ impl LabelConfig {
             }
             d.location = resolve_location(&d.location, &base);
             d.extensions = d.extensions.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect();
+            if d.extensions.is_empty() {
+                d.extensions = match d.format {
+                    DatasetFormat::Webdataset => default_member_extensions(),
+                    _ => default_extensions(),
+                };
+            }
+            if d.format != DatasetFormat::Parquet {
+                for (field, set) in [("image_column", &d.image_column), ("key_column", &d.key_column)] {
+                    if set.is_some() {
+                        return Err(invalid(
+                            &format!("dataset[{i}].{field}"),
+                            format!("applies to `format = \"parquet\"` only; this dataset is {:?}", d.format.name()),
+                        ));
+                    }
+                }
+            }
+            for (field, set) in [("image_column", &d.image_column), ("key_column", &d.key_column)] {
+                if set.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                    return Err(invalid(&format!("dataset[{i}].{field}"), "is empty: name a column".into()));
+                }
+            }
+            match (d.format, d.supervised.as_ref().and_then(|s| s.classification.as_ref())) {
+                (DatasetFormat::Webdataset, _) | (_, None | Some(ClassLabels::Csv(_))) => {}
+                (DatasetFormat::Files, Some(ClassLabels::Folders)) => {}
+                (format, Some(ClassLabels::Member(_))) => {
+                    return Err(invalid(
+                        &format!("dataset[{i}].supervised.classification.member"),
+                        format!("reads a member of a WebDataset sample; this dataset is {:?}", format.name()),
+                    ))
+                }
+                (format, Some(ClassLabels::Folders)) => {
+                    return Err(invalid(
+                        &format!("dataset[{i}].supervised.classification.folders"),
+                        format!("class folders need loose files; this dataset is {:?}", format.name()),
+                    ))
+                }
+            }
             if let Some(s) = &mut d.supervised {
                 s.resolve(&base);
             }
@@ -653,6 +745,71 @@ mod tests {
         ] {
             let err = load(dir.path(), supervised).unwrap_err().to_string();
             assert!(err.contains("run.toml") && err.contains(wants), "{supervised}: {err}");
+        }
+    }
+
+    /// Load a config with one dataset whose extra fields are `fields`, written into `dir`.
+    fn load_dataset(dir: &Path, fields: &str) -> Result<LabelConfig, ConfigError> {
+        let teachers = workspace().join("teachers/demo.toml");
+        let file = dir.join("run.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "teachers = [{:?}]\noutput = \"out\"\n\n[[dataset]]\nname = \"d\"\nlocation = \"images\"\n{fields}\n",
+                teachers.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        LabelConfig::load(&file, None)
+    }
+
+    #[test]
+    fn dataset_formats_default_to_files_and_bring_their_own_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = &load_dataset(dir.path(), "").unwrap().datasets[0];
+        assert_eq!((d.format, d.extensions.clone()), (DatasetFormat::Files, default_extensions()));
+        let d = &load_dataset(dir.path(), "format = \"webdataset\"").unwrap().datasets[0];
+        assert_eq!((d.format, d.extensions.clone()), (DatasetFormat::Webdataset, default_member_extensions()));
+        let d = &load_dataset(
+            dir.path(),
+            "format = \"webdataset\"\nextensions = [\".PNG\"]\n\
+            supervised = { classification = { member = \".cls\" } }",
+        )
+        .unwrap()
+        .datasets[0];
+        assert_eq!(d.extensions, ["png"]);
+        let s = d.supervised.as_ref().unwrap();
+        assert_eq!(s.classification, Some(ClassLabels::Member("cls".into())));
+        let d = &load_dataset(dir.path(), "format = \"parquet\"\nimage_column = \"jpg\"").unwrap().datasets[0];
+        assert_eq!(
+            (d.format, d.image_column.as_deref(), d.key_column.as_deref()),
+            (DatasetFormat::Parquet, Some("jpg"), None)
+        );
+    }
+
+    #[test]
+    fn bad_format_fields_are_errors_naming_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fields, wants) in [
+            ("format = \"tars\"", "unknown variant `tars`, expected one of `files`, `webdataset`, `parquet`"),
+            ("image_column = \"jpg\"", "`dataset[0].image_column`: applies to `format = \"parquet\"` only"),
+            ("format = \"webdataset\"\nkey_column = \"k\"", "`dataset[0].key_column`: applies to"),
+            ("format = \"parquet\"\nimage_column = \" \"", "`dataset[0].image_column`: is empty"),
+            (
+                "supervised = { classification = { member = \"cls\" } }",
+                "`dataset[0].supervised.classification.member`: reads a member of a WebDataset sample",
+            ),
+            (
+                "format = \"parquet\"\nsupervised = { classification = { folders = true } }",
+                "`dataset[0].supervised.classification.folders`: class folders need loose files",
+            ),
+            (
+                "format = \"webdataset\"\nsupervised = { classification = { member = \"cls\", csv = \"a\" } }",
+                "either `csv",
+            ),
+        ] {
+            let err = load_dataset(dir.path(), fields).unwrap_err().to_string();
+            assert!(err.contains("run.toml") && err.contains(wants), "{fields}: {err}");
         }
     }
 

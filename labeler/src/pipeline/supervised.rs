@@ -30,6 +30,11 @@ const MAX_TABLE_FILE_BYTES: u64 = 2 << 30;
 pub(super) struct DatasetCtx {
     pub(super) images: Location,
     pub(super) supervised: Option<Arc<SupervisedCtx>>,
+    pub(super) format: crate::config::DatasetFormat,
+    /// Image member extensions of a WebDataset sample, in order of preference.
+    pub(super) extensions: Vec<String>,
+    /// The image and key columns of a Parquet dataset.
+    pub(super) columns: super::packed::ParquetColumns,
 }
 
 /// A dataset's supervised labels, ready to use: tables parsed, per-image locations opened.
@@ -44,7 +49,15 @@ pub(super) struct SupervisedCtx {
 enum ClassSource {
     Table(ClassTable),
     Folders(ClassFolders),
+    /// The text of a WebDataset sample's member with this extension, mapped over the teacher's classes.
+    Member {
+        extension: String,
+        classes: Vec<String>,
+    },
 }
+
+/// The small members of a WebDataset sample besides its image (`.cls`, `.json`, …), by extension.
+pub(super) type SideMembers = std::collections::BTreeMap<String, Bytes>;
 
 /// One label file per image under `location`, named like the image with another extension.
 struct PerImageFiles {
@@ -123,6 +136,10 @@ impl SupervisedCtx {
                 let classes = classes_of(teachers, Task::Cls, images)?;
                 Some((ClassSource::Folders(ClassFolders::new(images, classes)), classes.len()))
             }
+            Some(ClassLabels::Member(extension)) => {
+                let classes = classes_of(teachers, Task::Cls, images)?;
+                Some((ClassSource::Member { extension: extension.clone(), classes: classes.to_vec() }, classes.len()))
+            }
         };
         let detection = match &labels.detection {
             None => None,
@@ -148,6 +165,14 @@ impl SupervisedCtx {
             }
         };
         Ok(Self { classification, detection, segmentation, depth })
+    }
+
+    /// The extension of the sample member that holds the class, when classes come from one.
+    pub(super) fn class_member(&self) -> Option<&str> {
+        match &self.classification {
+            Some((ClassSource::Member { extension, .. }, _)) => Some(extension),
+            _ => None,
+        }
     }
 }
 
@@ -208,6 +233,7 @@ pub(super) fn supervised_labels(
     uri: &str,
     ctx: &SupervisedCtx,
     fetched: Option<&LabelFiles>,
+    side: Option<&SideMembers>,
 ) -> Result<(), ErrorRecord> {
     let row = |p: LabelProblem| error_record(entry, uri, Stage::SupervisedLabel, p.reason_code(), p.to_string());
     let not_fetched = || {
@@ -220,6 +246,7 @@ pub(super) fn supervised_labels(
         let class = match source {
             ClassSource::Table(t) => t.class_of(key),
             ClassSource::Folders(f) => f.class_of(key),
+            ClassSource::Member { extension, classes } => member_class(uri, key, extension, classes, side),
         }
         .map_err(row)?;
         let mut probs = vec![0f32; *n];
@@ -253,6 +280,36 @@ pub(super) fn supervised_labels(
         });
     }
     Ok(())
+}
+
+/// The class a sample's `.<extension>` member names (its text: a class name or index).
+fn member_class(
+    uri: &str,
+    key: &str,
+    extension: &str,
+    classes: &[String],
+    side: Option<&SideMembers>,
+) -> Result<u16, LabelProblem> {
+    let problem = |kind, reason: String| LabelProblem {
+        kind,
+        file: format!("member .{extension} of {uri}"),
+        key: key.to_owned(),
+        reason,
+    };
+    let Some(bytes) = side.and_then(|s| s.get(extension)) else {
+        return Err(problem(crate::labels::ProblemKind::Missing, format!("the sample has no .{extension} member")));
+    };
+    let text = String::from_utf8_lossy(bytes);
+    crate::labels::parse_class(&text, classes).ok_or_else(|| {
+        problem(
+            crate::labels::ProblemKind::Invalid,
+            format!(
+                "{:?} is neither one of the classification teacher's {} class names nor an index below it",
+                text.trim(),
+                classes.len()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
