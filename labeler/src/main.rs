@@ -268,7 +268,8 @@ fn status(rt: &tokio::runtime::Runtime, out: &shards::Location) -> Result<String
     let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
     for (_, m) in &manifests {
         let range = shards::inputs::shard_range(index.total, m.shard, m.num_shards)?;
-        inputs += range.end - range.start;
+        // A packed container is one plan entry and many inputs: the manifest counts what its shard labelled.
+        inputs += m.inputs.unwrap_or(range.end - range.start);
         rows += m.counts.labelled_rows;
         errors += m.counts.error_rows;
         for (r, c) in &m.counts.errors_by_reason {
