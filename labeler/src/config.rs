@@ -25,6 +25,21 @@
 //!   `<maps>/<key without extension>.png` (16-bit, value × `scale` metres) or `.npy` (`format = "npy"`:
 //!   float32, float64 or uint16, value × `scale`, 1 by default).
 //!
+//! A dataset's `format` says how its images are kept (`labeler::pipeline` plans and reads them):
+//! - `format = "files"` (default): one object per image, listed under `location`, kept when its extension
+//!   is in `extensions`;
+//! - `format = "webdataset"`: `.tar` shards under `location`; each sample's image member (the first of
+//!   `extensions`, default jpg, jpeg, png, webp, that the sample has) is one input keyed
+//!   `<tar path>/<sample key>`; `supervised = { classification = { member = "cls" } }` reads the class (an
+//!   index or a name) from the sample's `.cls` member;
+//! - `format = "parquet"`: `.parquet` files under `location` with an image column, Binary or a struct with
+//!   a Binary `bytes` field (`image_column`, default the first of `image`, `jpg`, `png`, `webp` present), and
+//!   optionally a key column (`key_column`, default `key` if present, else the row number); each row is
+//!   one input keyed `<file path>/<key>`.
+//!
+//! A packed dataset may name its containers instead of having them listed: `pattern =
+//! "shards/{00000..00123}.tar"` (WebDataset's brace patterns, relative to `location`).
+//!
 //! Class names map to the class list of the config's teacher of the same task, so supervised
 //! classification, detection and segmentation need that teacher. `labeler::labels` documents each format in
 //! full. Whole-dataset files (CSV, COCO) are read once when a shard starts; per-image files are fetched with
@@ -303,12 +318,54 @@ pub struct DatasetConfig {
     /// `parquet`: the column whose value names a row (string or integer). Default: `key` when the file has
     /// it, else the row's number in its file.
     pub key_column: Option<String>,
+    /// Packed formats: the containers by name instead of by listing, relative to `location`, with
+    /// WebDataset's brace patterns (`shards/{00000..00123}.tar`, `{a,b}/x.tar`).
+    pub pattern: Option<String>,
     pub supervised: Option<SupervisedLabels>,
 }
 
 /// Image extensions a `files` dataset lists by default.
 pub fn default_extensions() -> Vec<String> {
     ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Most names a brace pattern may expand to.
+const MAX_PATTERN_NAMES: usize = 10_000_000;
+
+/// Expand WebDataset's brace patterns: `{00000..00123}` is the numbers from the first to the last, padded to
+/// the first's width (`{0..9}` unpadded), `{a,b}` each alternative; several braces give every combination,
+/// in order.
+pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+    let Some(open) = pattern.find('{') else {
+        if pattern.contains('}') {
+            return Err(format!("{pattern:?} has a `}}` without its `{{`"));
+        }
+        return Ok(vec![pattern.to_owned()]);
+    };
+    let close = open + pattern[open..].find('}').ok_or_else(|| format!("{pattern:?} has a `{{` without its `}}`"))?;
+    let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    if body.contains('{') {
+        return Err(format!("{pattern:?}: braces do not nest"));
+    }
+    let choices: Vec<String> = if let Some((a, b)) = body.split_once("..") {
+        let bad = || format!("{pattern:?}: `{{{body}}}` is not a range of numbers like {{00000..00123}}");
+        let (from, to): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if from > to {
+            return Err(format!("{pattern:?}: the range `{{{body}}}` runs backwards"));
+        }
+        if to - from >= MAX_PATTERN_NAMES as u64 {
+            return Err(format!("{pattern:?} names more than {MAX_PATTERN_NAMES} containers"));
+        }
+        let width = if a.starts_with('0') { a.len() } else { 0 };
+        (from..=to).map(|n| format!("{n:0width$}")).collect()
+    } else {
+        body.split(',').map(str::to_owned).collect()
+    };
+    let rest = expand_braces(tail)?;
+    if choices.len().saturating_mul(rest.len()) > MAX_PATTERN_NAMES {
+        return Err(format!("{pattern:?} names more than {MAX_PATTERN_NAMES} containers"));
+    }
+    Ok(choices.iter().flat_map(|c| rest.iter().map(move |r| format!("{head}{c}{r}"))).collect())
 }
 
 /// Image member extensions a `webdataset` sample is searched for by default, in order of preference.
@@ -542,6 +599,13 @@ impl LabelConfig {
                         ));
                     }
                 }
+            }
+            if let Some(pattern) = &d.pattern {
+                let field = format!("dataset[{i}].pattern");
+                if d.format == DatasetFormat::Files {
+                    return Err(invalid(&field, "applies to `format = \"webdataset\"` or `\"parquet\"`".into()));
+                }
+                expand_braces(pattern).map_err(|reason| invalid(&field, reason))?;
             }
             for (field, set) in [("image_column", &d.image_column), ("key_column", &d.key_column)] {
                 if set.as_deref().is_some_and(|c| c.trim().is_empty()) {
@@ -788,6 +852,27 @@ mod tests {
     }
 
     #[test]
+    fn brace_patterns_expand_like_webdatasets() {
+        assert_eq!(expand_braces("a.tar").unwrap(), ["a.tar"]);
+        assert_eq!(
+            expand_braces("s/{00008..00011}.tar").unwrap(),
+            ["s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
+        );
+        assert_eq!(expand_braces("{8..10}.tar").unwrap(), ["8.tar", "9.tar", "10.tar"]);
+        assert_eq!(expand_braces("{a,b}/{0..1}.tar").unwrap(), ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]);
+        for (bad, wants) in [
+            ("{0..3.tar", "without its `}`"),
+            ("0..3}.tar", "without its `{`"),
+            ("{x..3}.tar", "not a range of numbers"),
+            ("{5..3}.tar", "runs backwards"),
+            ("{0..99999999}.tar", "more than"),
+        ] {
+            let err = expand_braces(bad).unwrap_err();
+            assert!(err.contains(wants), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_format_fields_are_errors_naming_the_file_and_the_field() {
         let dir = tempfile::tempdir().unwrap();
         for (fields, wants) in [
@@ -795,6 +880,8 @@ mod tests {
             ("image_column = \"jpg\"", "`dataset[0].image_column`: applies to `format = \"parquet\"` only"),
             ("format = \"webdataset\"\nkey_column = \"k\"", "`dataset[0].key_column`: applies to"),
             ("format = \"parquet\"\nimage_column = \" \"", "`dataset[0].image_column`: is empty"),
+            ("pattern = \"{0..3}.tar\"", "`dataset[0].pattern`: applies to `format = \"webdataset\"`"),
+            ("format = \"webdataset\"\npattern = \"{0..3.tar\"", "`dataset[0].pattern`: \"{0..3.tar\" has a `{`"),
             (
                 "supervised = { classification = { member = \"cls\" } }",
                 "`dataset[0].supervised.classification.member`: reads a member of a WebDataset sample",

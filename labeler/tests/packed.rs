@@ -196,6 +196,9 @@ fn img2dataset_layouts_label_from_a_bucket_like_the_same_images_as_loose_files()
     }
     let status = ok(labeler(&["status", "--output", "s3://shards/run"], &env));
     assert!(status.contains("shards: 2 planned, 2 committed, 0 missing"), "{status}");
+    // 6 plan entries (4 loose files, a tar, a row group) are 13 inputs once the containers are expanded.
+    assert!(status.contains("plan: 6 inputs"), "{status}");
+    assert!(status.contains("committed inputs: 13 -> 12 labelled rows + 1 error rows"), "{status}");
     let loc = shards::Location::from_store(bucket_store(port, "shards"), "run", "s3://shards/run");
     check_img2dataset_rows(&records_at(&loc), &errors_at(&loc), "s3://images/i2d");
 }
@@ -436,4 +439,36 @@ fn parquet_rows_with_null_or_broken_images_are_error_rows_naming_file_and_row() 
     assert_eq!((rows[2].0, rows[2].1, rows[2].2), ("train-00000.parquet/3", Stage::Decode, "unsupported"));
     assert!(rows[2].3.starts_with(&format!("row 3 of {file}: ")), "{}", rows[2].3);
     assert_eq!(errors[2].source_uri, format!("{file}#row=3"));
+}
+
+#[test]
+fn a_brace_pattern_names_the_tars_and_a_missing_one_is_a_plan_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web");
+    std::fs::create_dir_all(web.join("s")).unwrap();
+    let img = jpegs(1);
+    for name in ["00000", "00001", "extra"] {
+        let members = [(format!("{name}x.jpg"), img[0].clone())];
+        std::fs::write(web.join(format!("s/{name}.tar")), tar_of(&members, true)).unwrap();
+    }
+    let location = web.to_string_lossy().into_owned();
+    let config = |out: &str, pattern: &str| {
+        let extra = format!("format = \"webdataset\"\npattern = {pattern:?}");
+        let file = packed_config(dir.path(), out, &[("web", location.clone(), &extra)], "");
+        LabelConfig::load(&file, None).unwrap()
+    };
+    let output = dir.path().join("out").to_string_lossy().into_owned();
+    // Only the tars the pattern names, not `extra.tar` beside them.
+    run_all(&config(&output, "s/{00000..00001}.tar"), 1);
+    let keys: Vec<String> = read_records(&output).into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["s/00000.tar/00000x", "s/00001.tar/00001x"]);
+    let cfg = config(&dir.path().join("out2").to_string_lossy(), "s/{00000..00002}.tar");
+    let err = pipeline::plan(&cfg).unwrap_err().to_string();
+    let missing = format!("{location}/s/00002.tar");
+    assert!(
+        err.starts_with(&format!(
+            "dataset \"web\": pattern \"s/{{00000..00002}}.tar\" names {missing}, which cannot be read"
+        )),
+        "{err}"
+    );
 }

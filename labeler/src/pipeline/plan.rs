@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use shards::inputs::{self, InputEntry, InputIndex};
 use shards::Location;
 use tracing::info;
@@ -71,10 +72,17 @@ async fn plan_dataset(d: &DatasetConfig, loc: &Location) -> Result<Vec<InputEntr
             (listed, format!("images (extensions {})", d.extensions.join(", ")))
         }
         DatasetFormat::Webdataset => {
-            (inputs::list_entries(&sources, take(|_, ext| ext == "tar")).await?, "WebDataset shards (.tar)".to_owned())
+            let tars = match &d.pattern {
+                Some(p) => named(d, loc, p).await?,
+                None => inputs::list_entries(&sources, take(|_, ext| ext == "tar")).await?,
+            };
+            (tars, "WebDataset shards (.tar)".to_owned())
         }
         DatasetFormat::Parquet => {
-            let files = inputs::list_entries(&sources, take(|_, ext| ext == "parquet")).await?;
+            let files = match &d.pattern {
+                Some(p) => named(d, loc, p).await?,
+                None => inputs::list_entries(&sources, take(|_, ext| ext == "parquet")).await?,
+            };
             let columns = ParquetColumns { image: d.image_column.clone(), key: d.key_column.clone() };
             let groups: Vec<Vec<InputEntry>> = futures::stream::iter(files.iter())
                 .map(|f| plan_parquet(&d.name, loc, &f.key, f.size, &columns))
@@ -92,6 +100,34 @@ async fn plan_dataset(d: &DatasetConfig, loc: &Location) -> Result<Vec<InputEntr
         });
     }
     Ok(entries)
+}
+
+/// Objects read at once to size the containers a pattern names.
+const HEADS: usize = 32;
+
+/// The containers `pattern` names under `loc`, sized by a HEAD each instead of a listing; every one must
+/// be there (a pattern names what the dataset is).
+async fn named(d: &DatasetConfig, loc: &Location, pattern: &str) -> Result<Vec<InputEntry>, PipelineError> {
+    let names = crate::config::expand_braces(pattern)
+        .map_err(|message| PipelineError::Plan { dataset: d.name.clone(), message })?;
+    futures::stream::iter(names)
+        .map(|name| async move {
+            let path = loc.child(&name);
+            match loc.store.head(&path).await {
+                Ok(meta) => Ok(InputEntry::object(d.name.clone(), name, meta.size)),
+                Err(e) => Err(PipelineError::Plan {
+                    dataset: d.name.clone(),
+                    message: format!(
+                        "pattern {pattern:?} names {}, which cannot be read: {}",
+                        loc.uri_of(&path),
+                        shards::describe_store_error(&e)
+                    ),
+                }),
+            }
+        })
+        .buffered(HEADS)
+        .try_collect()
+        .await
 }
 
 /// "no images under <loc> (extensions jpg, png); found 1 .tar: set format = "webdataset"".
