@@ -472,3 +472,39 @@ fn a_brace_pattern_names_the_tars_and_a_missing_one_is_a_plan_error() {
         "{err}"
     );
 }
+
+/// Connections that break mid-body while a tar streams: the read resumes where it stopped (here the S3
+/// client's own retry resumes it by range before the labeler's reader sees an error) and every sample is
+/// labelled from the right bytes.
+#[test]
+fn a_tar_read_cut_off_mid_stream_is_resumed_and_labelled_whole() {
+    let (_moto, moto_port) = start_moto();
+    let proxy = common::proxy::FaultProxy::start(moto_port);
+    create_bucket(moto_port, "images");
+    create_bucket(moto_port, "shards");
+    let img = jpegs(3);
+    let members: Vec<(String, Vec<u8>)> =
+        img.iter().enumerate().map(|(i, b)| (format!("s{i}.jpg"), b.clone())).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tar = tar_of(&members, true);
+    rt.block_on(bucket_store(moto_port, "images").put(&ObjPath::from("web/00000.tar"), PutPayload::from(tar))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = [("web", "s3://images/web".to_owned(), "format = \"webdataset\"")];
+    let config = packed_config(dir.path(), "s3://shards/run", &datasets, "retry_backoff_ms = 10");
+    let cfg = config.to_str().unwrap();
+    let env = s3_env(proxy.port);
+    ok(labeler(&["plan", "--config", cfg], &env));
+    // The next two reads of the tar break halfway through the body.
+    *proxy.state.cut_body.lock().unwrap() = Some("/images/web/00000.tar".into());
+    proxy.state.cuts_left.store(2, std::sync::atomic::Ordering::SeqCst);
+    let said = ok(labeler(&["run", "--config", cfg, "--shard", "0", "--num-shards", "1"], &env));
+    assert!(said.contains("3 inputs -> 3 labelled, 0 errors"), "{said}");
+    assert_eq!(proxy.state.faults.load(std::sync::atomic::Ordering::SeqCst), 2, "both cuts were served");
+    let loc = shards::Location::from_store(bucket_store(moto_port, "shards"), "run", "s3://shards/run");
+    let records = records_at(&loc);
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["00000.tar/s0", "00000.tar/s1", "00000.tar/s2"]);
+    for (r, bytes) in records.iter().zip(&img) {
+        assert_eq!(r.image.as_deref(), Some(bytes.as_slice()), "{}", r.key);
+    }
+}

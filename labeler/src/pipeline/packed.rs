@@ -18,8 +18,9 @@
 //! `#offset=<byte>&length=<bytes>` for a tar member, `#row=<row in file>` for a Parquet row. A damaged
 //! container's own error row is keyed by the container path alone.
 //!
-//! Tars are read as one streamed GET (resumed with a range request where a read fails), through the `tar`
-//! crate; Parquet row groups through the async reader, projected to the image and key columns, a batch of
+//! Tars are read as one streamed GET through the `tar` crate; a stream that breaks and is not already
+//! resumed by the store client (the HTTP stores resume by range themselves) is resumed here with a range
+//! request from the byte reached, up to the run's retries; Parquet row groups through the async reader, projected to the image and key columns, a batch of
 //! `chunk_images` rows at a time. Samples go on to the pipeline's chunks and byte budgets as they come.
 
 use std::collections::BTreeSet;
