@@ -31,7 +31,8 @@
 //! - `format = "webdataset"`: `.tar` shards under `location`; each sample's image member (the first of
 //!   `extensions`, default jpg, jpeg, png, webp, that the sample has) is one input keyed
 //!   `<tar path>/<sample key>`; `supervised = { classification = { member = "cls" } }` reads the class (an
-//!   index or a name) from the sample's `.cls` member;
+//!   index or a name) from the sample's `.cls` member, `{ member = "json", field = "label" }` from a field
+//!   of its `.json` member;
 //! - `format = "parquet"`: `.parquet` files under `location` with an image column, Binary or a struct with
 //!   a Binary `bytes` field (`image_column`, default the first of `image`, `jpg`, `png`, `webp` present), and
 //!   optionally a key column (`key_column`, default `key` if present, else the row number); each row is
@@ -75,8 +76,9 @@ pub enum ClassLabels {
     /// `folders = true`: the first folder of each key names its class.
     Folders,
     /// `member = "cls"` (`webdataset` only): the text of the sample's member with this extension is the
-    /// class (name or index), as WebDataset's `.cls` files hold it.
-    Member(String),
+    /// class (name or index), as WebDataset's `.cls` files hold it; with `field = "label"` the member is a
+    /// JSON object and that field holds the class.
+    Member { extension: String, field: Option<String> },
 }
 
 /// `detection = { coco = "<file>" }`: a COCO instances JSON file (path or URL).
@@ -141,6 +143,7 @@ struct RawClassLabels {
     csv: Option<String>,
     folders: Option<bool>,
     member: Option<String>,
+    field: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,16 +186,21 @@ impl TryFrom<toml::Table> for SupervisedLabels {
             .map_err(|e: toml::de::Error| format!("supervised: {}", e.message()))?;
         let classification = match raw.classification {
             None => None,
-            Some(RawClassLabels { csv: Some(file), folders: None | Some(false), member: None }) => {
+            Some(RawClassLabels { field: Some(_), member: None, .. }) => {
+                return Err(
+                    "supervised.classification.field: names a field of a JSON `member`; give `member` too".into()
+                )
+            }
+            Some(RawClassLabels { csv: Some(file), folders: None | Some(false), member: None, .. }) => {
                 Some(ClassLabels::Csv(file))
             }
-            Some(RawClassLabels { csv: None, folders: Some(true), member: None }) => Some(ClassLabels::Folders),
-            Some(RawClassLabels { csv: None, folders: None | Some(false), member: Some(ext) }) => {
-                let ext = ext.trim_start_matches('.').to_ascii_lowercase();
-                if ext.is_empty() || ext.contains('/') {
-                    return Err(format!("supervised.classification.member: {ext:?} is not a member extension"));
+            Some(RawClassLabels { csv: None, folders: Some(true), member: None, .. }) => Some(ClassLabels::Folders),
+            Some(RawClassLabels { csv: None, folders: None | Some(false), member: Some(ext), field }) => {
+                let extension = ext.trim_start_matches('.').to_ascii_lowercase();
+                if extension.is_empty() || extension.contains('/') {
+                    return Err(format!("supervised.classification.member: {extension:?} is not a member extension"));
                 }
-                Some(ClassLabels::Member(ext))
+                Some(ClassLabels::Member { extension, field })
             }
             Some(_) => {
                 return Err("supervised.classification: give either `csv = \"<file>\"`, `folders = true` or \
@@ -615,7 +623,7 @@ impl LabelConfig {
             match (d.format, d.supervised.as_ref().and_then(|s| s.classification.as_ref())) {
                 (DatasetFormat::Webdataset, _) | (_, None | Some(ClassLabels::Csv(_))) => {}
                 (DatasetFormat::Files, Some(ClassLabels::Folders)) => {}
-                (format, Some(ClassLabels::Member(_))) => {
+                (format, Some(ClassLabels::Member { .. })) => {
                     return Err(invalid(
                         &format!("dataset[{i}].supervised.classification.member"),
                         format!("reads a member of a WebDataset sample; this dataset is {:?}", format.name()),
@@ -843,7 +851,15 @@ mod tests {
         .datasets[0];
         assert_eq!(d.extensions, ["png"]);
         let s = d.supervised.as_ref().unwrap();
-        assert_eq!(s.classification, Some(ClassLabels::Member("cls".into())));
+        assert_eq!(s.classification, Some(ClassLabels::Member { extension: "cls".into(), field: None }));
+        let d = &load_dataset(
+            dir.path(),
+            "format = \"webdataset\"\nsupervised = { classification = { member = \"json\", field = \"label\" } }",
+        )
+        .unwrap()
+        .datasets[0];
+        let member = &d.supervised.as_ref().unwrap().classification;
+        assert_eq!(member, &Some(ClassLabels::Member { extension: "json".into(), field: Some("label".into()) }));
         let d = &load_dataset(dir.path(), "format = \"parquet\"\nimage_column = \"jpg\"").unwrap().datasets[0];
         assert_eq!(
             (d.format, d.image_column.as_deref(), d.key_column.as_deref()),
@@ -893,6 +909,10 @@ mod tests {
             (
                 "format = \"webdataset\"\nsupervised = { classification = { member = \"cls\", csv = \"a\" } }",
                 "either `csv",
+            ),
+            (
+                "format = \"webdataset\"\nsupervised = { classification = { csv = \"a\", field = \"label\" } }",
+                "supervised.classification.field: names a field of a JSON `member`",
             ),
         ] {
             let err = load_dataset(dir.path(), fields).unwrap_err().to_string();

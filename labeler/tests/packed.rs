@@ -289,6 +289,7 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
         sample("s1", &img[1], Some(&classes[2])),
         sample("s2", &img[2], Some("0\n")),
         sample("s3", &img[0], None),
+        vec![("s4.json".to_owned(), b"{}".to_vec())],
     ]
     .concat();
     std::fs::write(web.join("a.tar"), tar_of(&a, true)).unwrap();
@@ -311,6 +312,8 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
     // d.tar: whole members, but cut before the end-of-archive blocks.
     let d = [sample("s0", &img[0], Some("0")), sample("s1", &img[1], Some("0"))].concat();
     std::fs::write(web.join("d.tar"), tar_of(&d, false)).unwrap();
+    // e.tar: a whole tar without a single member.
+    std::fs::write(web.join("e.tar"), tar_of(&[], true)).unwrap();
 
     let output = dir.path().join("out").to_string_lossy().into_owned();
     let extra = "format = \"webdataset\"\nsupervised = { classification = { member = \"cls\" } }";
@@ -321,7 +324,7 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
         "max_error_fraction = 0.5",
     );
     let cfg = LabelConfig::load(&config, None).unwrap();
-    // Two shards over four tars: containers, not samples, are what the plan cuts.
+    // Two shards over five tars: containers, not samples, are what the plan cuts.
     run_all(&cfg, 2);
 
     let records = read_records(&output);
@@ -344,15 +347,25 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
         rows,
         [
             ("a.tar/s3", Stage::SupervisedLabel, "missing_label"),
+            ("a.tar/s4", Stage::Fetch, "no_image"),
             ("b.tar/s1", Stage::Decode, "unsupported"),
             ("c.tar/s2", Stage::Fetch, "truncated"),
             ("d.tar", Stage::Fetch, "truncated"),
+            ("e.tar", Stage::Fetch, "no_image"),
         ],
         "{errors:#?}"
     );
     let uri = |tar: &str| format!("{}/{tar}", shards::open(web.to_str().unwrap()).unwrap().display);
     let detail = |key: &str| errors.iter().find(|e| e.key == key).unwrap().detail.clone();
     assert!(detail("a.tar/s3").contains(&format!("member .cls of {}", uri("a.tar"))), "{}", detail("a.tar/s3"));
+    assert_eq!(
+        detail("a.tar/s4"),
+        format!(
+            "sample \"s4\" of {} has members s4.json but none with an image extension (jpg, jpeg, png, webp)",
+            uri("a.tar")
+        )
+    );
+    assert_eq!(detail("e.tar"), format!("{} holds no sample", uri("e.tar")));
     assert!(detail("b.tar/s1").starts_with(&format!("member s1.jpg of {}: ", uri("b.tar"))), "{}", detail("b.tar/s1"));
     let c_detail = detail("c.tar/s2");
     assert!(
