@@ -91,6 +91,9 @@ impl Progress for Bar {
     fn advance(&self, n: u64) {
         self.0.inc(n);
     }
+    fn grow(&self, n: u64) {
+        self.0.inc_length(n);
+    }
 }
 
 struct LogProgress {
@@ -109,6 +112,9 @@ impl Progress for LogProgress {
         if (before * 10 / total) != ((before + n) * 10 / total) {
             tracing::info!(done = before + n, total, "progress");
         }
+    }
+    fn grow(&self, n: u64) {
+        self.total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

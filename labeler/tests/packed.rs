@@ -314,6 +314,8 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
     std::fs::write(web.join("d.tar"), tar_of(&d, false)).unwrap();
     // e.tar: a whole tar without a single member.
     std::fs::write(web.join("e.tar"), tar_of(&[], true)).unwrap();
+    // f.tar: not a tar at all.
+    std::fs::write(web.join("f.tar"), b"not a tar, just text; ".repeat(40)).unwrap();
 
     let output = dir.path().join("out").to_string_lossy().into_owned();
     let extra = "format = \"webdataset\"\nsupervised = { classification = { member = \"cls\" } }";
@@ -321,10 +323,10 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
         dir.path(),
         &output,
         &[("web", web.to_string_lossy().into_owned(), extra)],
-        "max_error_fraction = 0.5",
+        "max_error_fraction = 0.7",
     );
     let cfg = LabelConfig::load(&config, None).unwrap();
-    // Two shards over five tars: containers, not samples, are what the plan cuts.
+    // Two shards over six tars: containers, not samples, are what the plan cuts.
     run_all(&cfg, 2);
 
     let records = read_records(&output);
@@ -352,6 +354,7 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
             ("c.tar/s2", Stage::Fetch, "truncated"),
             ("d.tar", Stage::Fetch, "truncated"),
             ("e.tar", Stage::Fetch, "no_image"),
+            ("f.tar", Stage::Fetch, "corrupt_container"),
         ],
         "{errors:#?}"
     );
@@ -366,6 +369,7 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
         )
     );
     assert_eq!(detail("e.tar"), format!("{} holds no sample", uri("e.tar")));
+    assert!(detail("f.tar").starts_with(&format!("{}: unreadable tar header: ", uri("f.tar"))), "{}", detail("f.tar"));
     assert!(detail("b.tar/s1").starts_with(&format!("member s1.jpg of {}: ", uri("b.tar"))), "{}", detail("b.tar/s1"));
     let c_detail = detail("c.tar/s2");
     assert!(
@@ -380,6 +384,25 @@ fn damaged_tars_keep_the_samples_before_the_damage_and_name_it() {
             tar_of(&d, false).len()
         )
     );
+}
+
+/// Progress as the pipeline reports it.
+#[derive(Default)]
+struct Counted {
+    total: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl pipeline::Progress for Counted {
+    fn start(&self, total: u64) {
+        self.total.store(total, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn advance(&self, n: u64) {
+        self.done.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn grow(&self, n: u64) {
+        self.total.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[test]
@@ -426,7 +449,13 @@ fn parquet_rows_with_null_or_broken_images_are_error_rows_naming_file_and_row() 
         "max_error_fraction = 0.7",
     );
     let cfg = LabelConfig::load(&config, None).unwrap();
-    run_all(&cfg, 1);
+    pipeline::plan(&cfg).unwrap();
+    // Progress starts at the plan's 2 row groups and grows to the 5 rows they hold.
+    let progress = Counted::default();
+    let outcome = pipeline::run_shard(&cfg, ShardId { index: 0, count: 1 }, "a1", &progress).unwrap();
+    assert!(matches!(outcome, ShardOutcome::Committed { .. }), "{outcome:?}");
+    let counted = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((counted(&progress.total), counted(&progress.done)), (5, 5));
     let out = shards::open(&output).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     assert_eq!(rt.block_on(shards::inputs::read_index(&out)).unwrap().total, 2, "one entry per row group");

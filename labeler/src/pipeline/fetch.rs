@@ -210,6 +210,7 @@ pub(super) fn fetch_stage(
     retry: &Retry,
     fault: Option<Fault>,
     clocks: &BTreeMap<&'static str, StageClock>,
+    progress: &dyn super::Progress,
     tx: SyncSender<Chunk<Fetched>>,
 ) -> Result<u64, PipelineError> {
     let mut out =
@@ -227,7 +228,9 @@ pub(super) fn fetch_stage(
         } else {
             let entry = &entries[i];
             let ds = &datasets[&entry.dataset];
+            let before = out.next + out.items.len() as u64;
             expand_container(rt, entry, ds, limits, retry, &mut out)?;
+            progress.grow((out.next + out.items.len() as u64 - before).saturating_sub(1));
             i += 1;
         }
         clocks["fetch"].add(t.elapsed().saturating_sub(out.waiting));

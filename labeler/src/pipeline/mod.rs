@@ -72,6 +72,8 @@ pub trait Progress: Send + Sync {
     fn start(&self, _total: u64) {}
     /// `n` more inputs are done (labelled or errored).
     fn advance(&self, _n: u64) {}
+    /// The shard has `n` more inputs than it started with: a packed container, one plan entry, held `n + 1`.
+    fn grow(&self, _n: u64) {}
 }
 
 /// A progress sink that ignores everything.
@@ -350,7 +352,7 @@ pub fn run_shard_with(
                 max_image_bytes: cfg.run.max_image_bytes,
                 budget: ByteBudget::new(cfg.run.fetched_bytes_in_flight),
             };
-            scope.spawn(move || fetch_stage(rt, entries, &datasets, &limits, retry, fault, &clocks, fetch_tx))
+            scope.spawn(move || fetch_stage(rt, entries, &datasets, &limits, retry, fault, &clocks, progress, fetch_tx))
         };
         let decode_handle = {
             let clocks = clocks.clone();

@@ -258,7 +258,8 @@ pub(super) fn read_tar(
                 let mut entry = match item {
                     Ok(e) => e,
                     Err(e) => {
-                        damage = Some((None, "truncated", format!("{container}: unreadable tar header: {e}")));
+                        // Where the object simply ended, the tar was cut short; else it is corrupt.
+                        damage = Some((None, "corrupt_container", format!("{container}: unreadable tar header: {e}")));
                         break;
                     }
                 };
@@ -332,6 +333,12 @@ pub(super) fn read_tar(
     }
     if stopped {
         return Ok(());
+    }
+    if let Some((_, reason @ "corrupt_container", detail)) = &mut damage {
+        if reader.eof {
+            *reason = "truncated";
+            detail.push_str(": the tar is truncated");
+        }
     }
     if damage.is_none() && reader.eof {
         damage = Some((
