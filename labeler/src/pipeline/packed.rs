@@ -14,8 +14,8 @@
 //! Naming: a sample's key is `<container path>/<sample key>`, the container path relative to the dataset
 //! location (with its `.tar` / `.parquet`), the sample key WebDataset's (member name up to the first dot of
 //! its file name) or the Parquet key column's value (else the row's number in its file). Its `source_uri`
-//! is the container's URI with a fragment that locates the bytes again by one range request:
-//! `#offset=<byte>&length=<bytes>` for a tar member, `#row=<row in file>` for a Parquet row. A damaged
+//! is the container's URI with a fragment that locates the bytes again: `#offset=<byte>&length=<bytes>`
+//! for a tar member (one range request), `#row=<row in file>` for a Parquet row. A damaged
 //! container's own error row is keyed by the container path alone.
 //!
 //! Tars are read as one streamed GET through the `tar` crate; a stream that breaks and is not already
