@@ -29,7 +29,7 @@ TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
 EXPERIMENT_SCALE ?= full
 EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
-.PHONY: setup build test check fmt clippy demo world teachers probe plan label label-all render train experiment bench bench-label bench-memory bench-train clean-out
+.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-memory bench-train clean-out
 
 setup: $(SETUP_STAMP) $(GLOO_HEADERS)
 
@@ -70,6 +70,11 @@ world: build
 # Train the demo teachers from scratch (minutes on CPU). Their ONNX files are committed; this re-makes them.
 teachers: setup world
 	$(PY) tools/teachers/train_teachers.py --store $(WORLD) --out tools/teachers/onnx
+
+# Re-make the img2dataset fixtures of labeler/tests/packed.rs from the world's images (committed; the script
+# writes the same bytes each time).
+img2dataset-fixtures: setup build
+	$(PY) tools/interop/make_img2dataset_fixtures.py --world $(BIN)/world --out labeler/tests/fixtures/img2dataset
 
 $(WORLD)/world.json:
 	$(MAKE) build

@@ -25,6 +25,22 @@
 //!   `<maps>/<key without extension>.png` (16-bit, value × `scale` metres) or `.npy` (`format = "npy"`:
 //!   float32, float64 or uint16, value × `scale`, 1 by default).
 //!
+//! A dataset's `format` says how its images are kept (`labeler::pipeline` plans and reads them):
+//! - `format = "files"` (default): one object per image, listed under `location`, kept when its extension
+//!   is in `extensions`;
+//! - `format = "webdataset"`: `.tar` shards under `location`; each sample's image member (the first of
+//!   `extensions`, default jpg, jpeg, png, webp, that the sample has) is one input keyed
+//!   `<tar path>/<sample key>`; `supervised = { classification = { member = "cls" } }` reads the class (an
+//!   index or a name) from the sample's `.cls` member, `{ member = "json", field = "label" }` from a field
+//!   of its `.json` member;
+//! - `format = "parquet"`: `.parquet` files under `location` with an image column, Binary or a struct with
+//!   a Binary `bytes` field (`image_column`, default the first of `image`, `jpg`, `png`, `webp` present), and
+//!   optionally a key column (`key_column`, default `key` if present, else the row number); each row is
+//!   one input keyed `<file path>/<key>`.
+//!
+//! A packed dataset may name its containers instead of having them listed: `pattern =
+//! "shards/{00000..00123}.tar"` (WebDataset's brace patterns, relative to `location`).
+//!
 //! Class names map to the class list of the config's teacher of the same task, so supervised
 //! classification, detection and segmentation need that teacher. `labeler::labels` documents each format in
 //! full. Whole-dataset files (CSV, COCO) are read once when a shard starts; per-image files are fetched with
@@ -59,6 +75,10 @@ pub enum ClassLabels {
     Csv(String),
     /// `folders = true`: the first folder of each key names its class.
     Folders,
+    /// `member = "cls"` (`webdataset` only): the text of the sample's member with this extension is the
+    /// class (name or index), as WebDataset's `.cls` files hold it; with `field = "label"` the member is a
+    /// JSON object and that field holds the class.
+    Member { extension: String, field: Option<String> },
 }
 
 /// `detection = { coco = "<file>" }`: a COCO instances JSON file (path or URL).
@@ -122,6 +142,8 @@ struct RawSupervised {
 struct RawClassLabels {
     csv: Option<String>,
     folders: Option<bool>,
+    member: Option<String>,
+    field: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -164,10 +186,26 @@ impl TryFrom<toml::Table> for SupervisedLabels {
             .map_err(|e: toml::de::Error| format!("supervised: {}", e.message()))?;
         let classification = match raw.classification {
             None => None,
-            Some(RawClassLabels { csv: Some(file), folders: None | Some(false) }) => Some(ClassLabels::Csv(file)),
-            Some(RawClassLabels { csv: None, folders: Some(true) }) => Some(ClassLabels::Folders),
+            Some(RawClassLabels { field: Some(_), member: None, .. }) => {
+                return Err(
+                    "supervised.classification.field: names a field of a JSON `member`; give `member` too".into()
+                )
+            }
+            Some(RawClassLabels { csv: Some(file), folders: None | Some(false), member: None, .. }) => {
+                Some(ClassLabels::Csv(file))
+            }
+            Some(RawClassLabels { csv: None, folders: Some(true), member: None, .. }) => Some(ClassLabels::Folders),
+            Some(RawClassLabels { csv: None, folders: None | Some(false), member: Some(ext), field }) => {
+                let extension = ext.trim_start_matches('.').to_ascii_lowercase();
+                if extension.is_empty() || extension.contains('/') {
+                    return Err(format!("supervised.classification.member: {extension:?} is not a member extension"));
+                }
+                Some(ClassLabels::Member { extension, field })
+            }
             Some(_) => {
-                return Err("supervised.classification: give either `csv = \"<file>\"` or `folders = true`".into())
+                return Err("supervised.classification: give either `csv = \"<file>\"`, `folders = true` or \
+                            `member = \"cls\"`"
+                    .into())
             }
         };
         let segmentation = match raw.segmentation {
@@ -244,21 +282,103 @@ impl SupervisedLabels {
     }
 }
 
+/// How a dataset keeps its images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// One object per image, found by listing the location.
+    #[default]
+    Files,
+    /// WebDataset `.tar` shards: each sample's image member is one input, keyed `<tar path>/<sample key>`.
+    Webdataset,
+    /// Parquet files with an image bytes column: each row is one input, keyed `<file path>/<key>`.
+    Parquet,
+}
+
+impl DatasetFormat {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetFormat::Files => "files",
+            DatasetFormat::Webdataset => "webdataset",
+            DatasetFormat::Parquet => "parquet",
+        }
+    }
+}
+
 /// A dataset as written in the config.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     pub name: String,
-    /// Store prefix holding the images.
+    /// Store prefix holding the images (or the tar / Parquet files of a packed format).
     pub location: String,
-    /// File extensions to include (lower case, without the dot).
-    #[serde(default = "default_extensions")]
+    /// `files` (default), `webdataset` or `parquet`.
+    #[serde(default)]
+    pub format: DatasetFormat,
+    /// Image extensions to include (lower case, without the dot): file names for `files`, member
+    /// extensions of a sample for `webdataset`. Empty in the file means the format's default.
+    #[serde(default)]
     pub extensions: Vec<String>,
+    /// `parquet`: the image column, Binary or a struct with a Binary `bytes` field (Hugging Face
+    /// datasets). Default: the first of `image`, `jpg`, `png`, `webp` the file has.
+    pub image_column: Option<String>,
+    /// `parquet`: the column whose value names a row (string or integer). Default: `key` when the file has
+    /// it, else the row's number in its file.
+    pub key_column: Option<String>,
+    /// Packed formats: the containers by name instead of by listing, relative to `location`, with
+    /// WebDataset's brace patterns (`shards/{00000..00123}.tar`, `{a,b}/x.tar`).
+    pub pattern: Option<String>,
     pub supervised: Option<SupervisedLabels>,
 }
 
-fn default_extensions() -> Vec<String> {
+/// Image extensions a `files` dataset lists by default.
+pub fn default_extensions() -> Vec<String> {
     ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Most names a brace pattern may expand to.
+const MAX_PATTERN_NAMES: usize = 10_000_000;
+
+/// Expand WebDataset's brace patterns: `{00000..00123}` is the numbers from the first to the last, padded to
+/// the first's width (`{0..9}` unpadded), `{a,b}` each alternative; several braces give every combination,
+/// in order.
+pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+    let Some(open) = pattern.find('{') else {
+        if pattern.contains('}') {
+            return Err(format!("{pattern:?} has a `}}` without its `{{`"));
+        }
+        return Ok(vec![pattern.to_owned()]);
+    };
+    let close = open + pattern[open..].find('}').ok_or_else(|| format!("{pattern:?} has a `{{` without its `}}`"))?;
+    let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    if body.contains('{') {
+        return Err(format!("{pattern:?}: braces do not nest"));
+    }
+    let choices: Vec<String> = if let Some((a, b)) = body.split_once("..") {
+        let bad = || format!("{pattern:?}: `{{{body}}}` is not a range of numbers like {{00000..00123}}");
+        let (from, to): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if from > to {
+            return Err(format!("{pattern:?}: the range `{{{body}}}` runs backwards"));
+        }
+        if to - from >= MAX_PATTERN_NAMES as u64 {
+            return Err(format!("{pattern:?} names more than {MAX_PATTERN_NAMES} containers"));
+        }
+        let width = if a.starts_with('0') { a.len() } else { 0 };
+        (from..=to).map(|n| format!("{n:0width$}")).collect()
+    } else {
+        body.split(',').map(str::to_owned).collect()
+    };
+    let rest = expand_braces(tail)?;
+    if choices.len().saturating_mul(rest.len()) > MAX_PATTERN_NAMES {
+        return Err(format!("{pattern:?} names more than {MAX_PATTERN_NAMES} containers"));
+    }
+    Ok(choices.iter().flat_map(|c| rest.iter().map(move |r| format!("{head}{c}{r}"))).collect())
+}
+
+/// Image member extensions a `webdataset` sample is searched for by default, in order of preference.
+pub fn default_member_extensions() -> Vec<String> {
+    ["jpg", "jpeg", "png", "webp"].iter().map(|s| s.to_string()).collect()
 }
 
 /// Execution settings.
@@ -472,6 +592,50 @@ impl LabelConfig {
             }
             d.location = resolve_location(&d.location, &base);
             d.extensions = d.extensions.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect();
+            if d.extensions.is_empty() {
+                d.extensions = match d.format {
+                    DatasetFormat::Webdataset => default_member_extensions(),
+                    _ => default_extensions(),
+                };
+            }
+            if d.format != DatasetFormat::Parquet {
+                for (field, set) in [("image_column", &d.image_column), ("key_column", &d.key_column)] {
+                    if set.is_some() {
+                        return Err(invalid(
+                            &format!("dataset[{i}].{field}"),
+                            format!("applies to `format = \"parquet\"` only; this dataset is {:?}", d.format.name()),
+                        ));
+                    }
+                }
+            }
+            if let Some(pattern) = &d.pattern {
+                let field = format!("dataset[{i}].pattern");
+                if d.format == DatasetFormat::Files {
+                    return Err(invalid(&field, "applies to `format = \"webdataset\"` or `\"parquet\"`".into()));
+                }
+                expand_braces(pattern).map_err(|reason| invalid(&field, reason))?;
+            }
+            for (field, set) in [("image_column", &d.image_column), ("key_column", &d.key_column)] {
+                if set.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                    return Err(invalid(&format!("dataset[{i}].{field}"), "is empty: name a column".into()));
+                }
+            }
+            match (d.format, d.supervised.as_ref().and_then(|s| s.classification.as_ref())) {
+                (DatasetFormat::Webdataset, _) | (_, None | Some(ClassLabels::Csv(_))) => {}
+                (DatasetFormat::Files, Some(ClassLabels::Folders)) => {}
+                (format, Some(ClassLabels::Member { .. })) => {
+                    return Err(invalid(
+                        &format!("dataset[{i}].supervised.classification.member"),
+                        format!("reads a member of a WebDataset sample; this dataset is {:?}", format.name()),
+                    ))
+                }
+                (format, Some(ClassLabels::Folders)) => {
+                    return Err(invalid(
+                        &format!("dataset[{i}].supervised.classification.folders"),
+                        format!("class folders need loose files; this dataset is {:?}", format.name()),
+                    ))
+                }
+            }
             if let Some(s) = &mut d.supervised {
                 s.resolve(&base);
             }
@@ -653,6 +817,106 @@ mod tests {
         ] {
             let err = load(dir.path(), supervised).unwrap_err().to_string();
             assert!(err.contains("run.toml") && err.contains(wants), "{supervised}: {err}");
+        }
+    }
+
+    /// Load a config with one dataset whose extra fields are `fields`, written into `dir`.
+    fn load_dataset(dir: &Path, fields: &str) -> Result<LabelConfig, ConfigError> {
+        let teachers = workspace().join("teachers/demo.toml");
+        let file = dir.join("run.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "teachers = [{:?}]\noutput = \"out\"\n\n[[dataset]]\nname = \"d\"\nlocation = \"images\"\n{fields}\n",
+                teachers.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        LabelConfig::load(&file, None)
+    }
+
+    #[test]
+    fn dataset_formats_default_to_files_and_bring_their_own_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = &load_dataset(dir.path(), "").unwrap().datasets[0];
+        assert_eq!((d.format, d.extensions.clone()), (DatasetFormat::Files, default_extensions()));
+        let d = &load_dataset(dir.path(), "format = \"webdataset\"").unwrap().datasets[0];
+        assert_eq!((d.format, d.extensions.clone()), (DatasetFormat::Webdataset, default_member_extensions()));
+        let d = &load_dataset(
+            dir.path(),
+            "format = \"webdataset\"\nextensions = [\".PNG\"]\n\
+            supervised = { classification = { member = \".cls\" } }",
+        )
+        .unwrap()
+        .datasets[0];
+        assert_eq!(d.extensions, ["png"]);
+        let s = d.supervised.as_ref().unwrap();
+        assert_eq!(s.classification, Some(ClassLabels::Member { extension: "cls".into(), field: None }));
+        let d = &load_dataset(
+            dir.path(),
+            "format = \"webdataset\"\nsupervised = { classification = { member = \"json\", field = \"label\" } }",
+        )
+        .unwrap()
+        .datasets[0];
+        let member = &d.supervised.as_ref().unwrap().classification;
+        assert_eq!(member, &Some(ClassLabels::Member { extension: "json".into(), field: Some("label".into()) }));
+        let d = &load_dataset(dir.path(), "format = \"parquet\"\nimage_column = \"jpg\"").unwrap().datasets[0];
+        assert_eq!(
+            (d.format, d.image_column.as_deref(), d.key_column.as_deref()),
+            (DatasetFormat::Parquet, Some("jpg"), None)
+        );
+    }
+
+    #[test]
+    fn brace_patterns_expand_like_webdatasets() {
+        assert_eq!(expand_braces("a.tar").unwrap(), ["a.tar"]);
+        assert_eq!(
+            expand_braces("s/{00008..00011}.tar").unwrap(),
+            ["s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
+        );
+        assert_eq!(expand_braces("{8..10}.tar").unwrap(), ["8.tar", "9.tar", "10.tar"]);
+        assert_eq!(expand_braces("{a,b}/{0..1}.tar").unwrap(), ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]);
+        for (bad, wants) in [
+            ("{0..3.tar", "without its `}`"),
+            ("0..3}.tar", "without its `{`"),
+            ("{x..3}.tar", "not a range of numbers"),
+            ("{5..3}.tar", "runs backwards"),
+            ("{0..99999999}.tar", "more than"),
+        ] {
+            let err = expand_braces(bad).unwrap_err();
+            assert!(err.contains(wants), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_format_fields_are_errors_naming_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fields, wants) in [
+            ("format = \"tars\"", "unknown variant `tars`, expected one of `files`, `webdataset`, `parquet`"),
+            ("image_column = \"jpg\"", "`dataset[0].image_column`: applies to `format = \"parquet\"` only"),
+            ("format = \"webdataset\"\nkey_column = \"k\"", "`dataset[0].key_column`: applies to"),
+            ("format = \"parquet\"\nimage_column = \" \"", "`dataset[0].image_column`: is empty"),
+            ("pattern = \"{0..3}.tar\"", "`dataset[0].pattern`: applies to `format = \"webdataset\"`"),
+            ("format = \"webdataset\"\npattern = \"{0..3.tar\"", "`dataset[0].pattern`: \"{0..3.tar\" has a `{`"),
+            (
+                "supervised = { classification = { member = \"cls\" } }",
+                "`dataset[0].supervised.classification.member`: reads a member of a WebDataset sample",
+            ),
+            (
+                "format = \"parquet\"\nsupervised = { classification = { folders = true } }",
+                "`dataset[0].supervised.classification.folders`: class folders need loose files",
+            ),
+            (
+                "format = \"webdataset\"\nsupervised = { classification = { member = \"cls\", csv = \"a\" } }",
+                "either `csv",
+            ),
+            (
+                "format = \"webdataset\"\nsupervised = { classification = { csv = \"a\", field = \"label\" } }",
+                "supervised.classification.field: names a field of a JSON `member`",
+            ),
+        ] {
+            let err = load_dataset(dir.path(), fields).unwrap_err().to_string();
+            assert!(err.contains("run.toml") && err.contains(wants), "{fields}: {err}");
         }
     }
 

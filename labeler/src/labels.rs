@@ -92,6 +92,15 @@ fn class_list(classes: &[String]) -> String {
     format!("[{s}]")
 }
 
+/// The class id `class` names among `classes`: a class name, or else a class index below their count.
+pub fn parse_class(class: &str, classes: &[String]) -> Option<u16> {
+    let class = class.trim();
+    match classes.iter().position(|c| c == class) {
+        Some(i) => Some(i as u16),
+        None => class.parse::<u16>().ok().filter(|&id| (id as usize) < classes.len()),
+    }
+}
+
 fn class_index(classes: &[String]) -> HashMap<&str, u16> {
     classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u16)).collect()
 }

@@ -91,6 +91,9 @@ impl Progress for Bar {
     fn advance(&self, n: u64) {
         self.0.inc(n);
     }
+    fn grow(&self, n: u64) {
+        self.0.inc_length(n);
+    }
 }
 
 struct LogProgress {
@@ -109,6 +112,9 @@ impl Progress for LogProgress {
         if (before * 10 / total) != ((before + n) * 10 / total) {
             tracing::info!(done = before + n, total, "progress");
         }
+    }
+    fn grow(&self, n: u64) {
+        self.total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -268,7 +274,8 @@ fn status(rt: &tokio::runtime::Runtime, out: &shards::Location) -> Result<String
     let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
     for (_, m) in &manifests {
         let range = shards::inputs::shard_range(index.total, m.shard, m.num_shards)?;
-        inputs += range.end - range.start;
+        // A packed container is one plan entry and many inputs: the manifest counts what its shard labelled.
+        inputs += m.inputs.unwrap_or(range.end - range.start);
         rows += m.counts.labelled_rows;
         errors += m.counts.error_rows;
         for (r, c) in &m.counts.errors_by_reason {

@@ -24,10 +24,22 @@ use crate::store::Location;
 pub struct InputEntry {
     /// Dataset name (from the labeler config).
     pub dataset: String,
-    /// Key of the image relative to its dataset's store root, slash-separated.
+    /// Key of the image (or of the container of a packed dataset: a tar or Parquet file) relative to its
+    /// dataset's store root, slash-separated.
     pub key: String,
-    /// Size in bytes at freeze time (0 when unknown, e.g. from a key list).
+    /// The row group of the Parquet file `key` this entry stands for; `None` for a loose image or a tar.
+    /// Entries without one serialise as before, so manifests of loose files keep their bytes and hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_group: Option<u64>,
+    /// Size in bytes of the object `key` at freeze time (0 when unknown, e.g. from a key list).
     pub size: u64,
+}
+
+impl InputEntry {
+    /// An entry for the whole object `key`.
+    pub fn object(dataset: impl Into<String>, key: impl Into<String>, size: u64) -> Self {
+        Self { dataset: dataset.into(), key: key.into(), row_group: None, size }
+    }
 }
 
 /// Index of a frozen input manifest (`<root>/inputs/index.json`).
@@ -136,7 +148,7 @@ pub async fn list_entries(
         for meta in metas {
             let Some(key) = loc.relative(&meta.location) else { continue };
             if filter(&key) {
-                set.insert(InputEntry { dataset: dataset.clone(), key, size: meta.size });
+                set.insert(InputEntry::object(dataset.clone(), key, meta.size));
             }
         }
     }
@@ -156,7 +168,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// cannot mix their parts: one index wins and the loser gets `PlanExists` (or the same index back).
 pub async fn freeze(root: &Location, mut entries: Vec<InputEntry>, part_size: usize) -> Result<InputIndex, InputError> {
     entries.sort();
-    entries.dedup_by(|a, b| a.dataset == b.dataset && a.key == b.key);
+    entries.dedup_by(|a, b| a.dataset == b.dataset && a.key == b.key && a.row_group == b.row_group);
     let part_size = part_size.max(1);
     let mut parts = Vec::new();
     let mut bodies = Vec::new();
@@ -368,11 +380,23 @@ mod tests {
     use std::sync::Arc;
 
     fn entries(keys: &[&str]) -> Vec<InputEntry> {
-        keys.iter().map(|k| InputEntry { dataset: "d".into(), key: (*k).into(), size: 1 }).collect()
+        keys.iter().map(|k| InputEntry::object("d", *k, 1)).collect()
     }
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    #[test]
+    fn entries_without_a_row_group_serialise_as_before() {
+        let loose = InputEntry::object("d", "a.jpg", 3);
+        assert_eq!(serde_json::to_string(&loose).unwrap(), r#"{"dataset":"d","key":"a.jpg","size":3}"#);
+        let old: InputEntry = serde_json::from_str(r#"{"dataset":"d","key":"a.jpg","size":3}"#).unwrap();
+        assert_eq!(old, loose);
+        let group = InputEntry { row_group: Some(2), ..InputEntry::object("d", "x.parquet", 9) };
+        let json = serde_json::to_string(&group).unwrap();
+        assert_eq!(json, r#"{"dataset":"d","key":"x.parquet","row_group":2,"size":9}"#);
+        assert_eq!(serde_json::from_str::<InputEntry>(&json).unwrap(), group);
     }
 
     #[test]

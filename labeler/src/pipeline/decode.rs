@@ -131,14 +131,19 @@ pub(super) fn decode_one(
     resizer: &mut Resizer,
     datasets: &HashMap<String, DatasetCtx>,
 ) -> Decoded {
-    let Fetched { entry, uri, bytes, truth } = f;
+    let Fetched { entry, uri, bytes, truth, origin, side } = f;
+    // A packed sample's errors say where its bytes are.
+    let detail = |d: String| match &origin {
+        Some(o) => format!("{o}: {d}"),
+        None => d,
+    };
     let outcome = (|| {
         let bytes = bytes?;
         let decoded = match settings.scaled_min_side {
             Some(side) => decode::decode_scaled(&bytes, &settings.limits, side, side),
             None => decode::decode(&bytes, &settings.limits),
         }
-        .map_err(|e| error_record(&entry, &uri, Stage::Decode, e.reason, e.detail))?;
+        .map_err(|e| error_record(&entry, &uri, Stage::Decode, e.reason, detail(e.detail)))?;
         let mut rec =
             ImageRecord::new(entry.key.clone(), entry.dataset.clone(), uri.clone(), decoded.width, decoded.height);
         rec.image_format = Some(decoded.format.to_owned());
@@ -148,7 +153,7 @@ pub(super) fn decode_one(
                 Some(Ok(files)) => Some(files),
                 None => None,
             };
-            supervised_labels(&mut rec, &entry, &uri, ctx, files)?;
+            supervised_labels(&mut rec, &entry, &uri, ctx, files, Some(&side))?;
         }
         if settings.store_images {
             rec.image = Some(bytes.to_vec());

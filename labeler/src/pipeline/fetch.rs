@@ -19,16 +19,22 @@ use tracing::warn;
 
 use super::budget::{cut, ByteBudget};
 use super::fault::{self, Fault, FaultStage};
+use super::packed::{read_row_group, read_tar, Sample, TarOptions};
 use super::records::error_record;
-use super::supervised::{fetch_label_files, DatasetCtx, FetchedLabels};
+use super::supervised::{fetch_label_files, DatasetCtx, FetchedLabels, SideMembers};
 use super::{Chunk, PipelineError, StageClock};
+use crate::config::DatasetFormat;
 
-/// One fetched input.
+/// One fetched input: a loose image, or a sample of a packed container.
 pub(super) struct Fetched {
     pub(super) entry: InputEntry,
     pub(super) uri: String,
     pub(super) bytes: Result<Bytes, ErrorRecord>,
     pub(super) truth: FetchedLabels,
+    /// Where a packed sample's bytes are (`member 0001.jpg of s3://b/00000.tar`), to prefix its errors.
+    pub(super) origin: Option<String>,
+    /// A WebDataset sample's side members (empty for anything else).
+    pub(super) side: SideMembers,
 }
 
 /// Why an object could not be read.
@@ -126,7 +132,7 @@ pub(super) async fn fetch_one(
         }
     };
     let truth = if bytes.is_ok() { fetch_label_files(&entry, &uri, ds, retry).await? } else { None };
-    Ok(Fetched { entry, uri, bytes, truth })
+    Ok(Fetched { entry, uri, bytes, truth, origin: None, side: SideMembers::new() })
 }
 
 /// How the fetch stage cuts and bounds its chunks.
@@ -141,9 +147,60 @@ pub(super) struct FetchLimits {
     pub(super) budget: Arc<ByteBudget>,
 }
 
-/// Fetch every entry, a chunk at a time, each chunk holding a permit for its planned bytes. Stops with an
-/// error when the store keeps failing (nothing of the shard is committed then); returns the number of
-/// inputs handed on.
+/// Numbers the inputs handed on and sends them in chunks, each holding a permit for its bytes.
+struct Sender<'a> {
+    tx: SyncSender<Chunk<Fetched>>,
+    limits: &'a FetchLimits,
+    fault: Option<Fault>,
+    /// Inputs handed on so far: the index of the next one.
+    next: u64,
+    /// Samples of packed containers gathered for the next chunk, and their bytes.
+    items: Vec<Fetched>,
+    bytes: u64,
+    /// Time spent waiting for the next stage to take a chunk (not fetching).
+    waiting: Duration,
+    closed: bool,
+}
+
+impl Sender<'_> {
+    /// Hand on `items` with `permit` as the next chunk; `false` once the next stage is gone.
+    fn send(&mut self, items: Vec<Fetched>, permit: super::budget::Permit) -> bool {
+        let first = self.next;
+        self.next += items.len() as u64;
+        let t = Instant::now();
+        self.closed = self.closed || self.tx.send(Chunk { first, items, permits: vec![permit] }).is_err();
+        self.waiting += t.elapsed();
+        !self.closed
+    }
+
+    /// Gather one sample of a container, sending a chunk when it is full.
+    fn push(&mut self, f: Fetched) -> bool {
+        self.bytes += f.bytes.as_ref().map_or(0, |b| b.len() as u64);
+        self.items.push(f);
+        let chunk_bytes = (self.limits.budget.capacity() / 4).max(1);
+        if self.items.len() >= self.limits.chunk_images || self.bytes >= chunk_bytes {
+            return self.flush();
+        }
+        !self.closed
+    }
+
+    /// Send the gathered samples. Their bytes are read before the permit is taken, so one chunk's worth
+    /// may be held beyond the budget, never more.
+    fn flush(&mut self) -> bool {
+        if self.items.is_empty() || self.closed {
+            return !self.closed;
+        }
+        let items = std::mem::take(&mut self.items);
+        fault::hook(self.fault, FaultStage::Fetch, self.next, items.len());
+        let permit = self.limits.budget.acquire(std::mem::take(&mut self.bytes));
+        self.send(items, permit)
+    }
+}
+
+/// Fetch every entry, a chunk at a time, each chunk holding a permit for its bytes: loose files are read
+/// concurrently, packed containers streamed one after the other and expanded into their samples. Stops
+/// with an error when the store keeps failing (nothing of the shard is committed then); returns the number
+/// of inputs handed on (one per loose file, one per sample or damage of a container).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fetch_stage(
     rt: &tokio::runtime::Runtime,
@@ -153,20 +210,54 @@ pub(super) fn fetch_stage(
     retry: &Retry,
     fault: Option<Fault>,
     clocks: &BTreeMap<&'static str, StageClock>,
+    progress: &dyn super::Progress,
     tx: SyncSender<Chunk<Fetched>>,
 ) -> Result<u64, PipelineError> {
-    let mut sent = 0u64;
+    let mut out =
+        Sender { tx, limits, fault, next: 0, items: Vec::new(), bytes: 0, waiting: Duration::ZERO, closed: false };
+    let format = |e: &InputEntry| datasets.get(&e.dataset).map_or(DatasetFormat::Files, |d| d.format);
+    let mut i = 0;
+    while i < entries.len() && !out.closed {
+        let t = Instant::now();
+        out.waiting = Duration::ZERO;
+        if format(&entries[i]) == DatasetFormat::Files {
+            let run = entries[i..].iter().position(|e| format(e) != DatasetFormat::Files).unwrap_or(entries.len() - i);
+            out.flush();
+            fetch_files(rt, &entries[i..i + run], datasets, limits, retry, &mut out)?;
+            i += run;
+        } else {
+            let entry = &entries[i];
+            let ds = &datasets[&entry.dataset];
+            let before = out.next + out.items.len() as u64;
+            expand_container(rt, entry, ds, limits, retry, &mut out)?;
+            progress.grow((out.next + out.items.len() as u64 - before).saturating_sub(1));
+            i += 1;
+        }
+        clocks["fetch"].add(t.elapsed().saturating_sub(out.waiting));
+    }
+    out.flush();
+    Ok(out.next)
+}
+
+/// Fetch a run of loose files, concurrently, a chunk at a time, each chunk holding a permit for its
+/// planned bytes.
+fn fetch_files(
+    rt: &tokio::runtime::Runtime,
+    entries: &[InputEntry],
+    datasets: &HashMap<String, DatasetCtx>,
+    limits: &FetchLimits,
+    retry: &Retry,
+    out: &mut Sender,
+) -> Result<(), PipelineError> {
     let (concurrency, max_bytes) = (limits.concurrency, limits.max_image_bytes);
     let chunk_bytes = (limits.budget.capacity() / 4).max(1);
     let sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
     for range in cut(&sizes, limits.chunk_images, chunk_bytes) {
-        let first = range.start as u64;
         let part = &entries[range];
-        fault::hook(fault, FaultStage::Fetch, first, part.len());
+        fault::hook(out.fault, FaultStage::Fetch, out.next, part.len());
         // Planned sizes; an object over `max_image_bytes` is not read, so it holds nothing.
         let planned: u64 = part.iter().map(|e| if e.size > max_bytes { 0 } else { e.size }).sum();
         let permit = limits.budget.acquire(planned);
-        let t = Instant::now();
         let items: Vec<Fetched> = rt.block_on(async {
             futures::stream::iter(part.iter().cloned())
                 .map(|entry| {
@@ -183,7 +274,14 @@ pub(super) fn fetch_stage(
                                     "unknown_dataset",
                                     format!("dataset {:?} is not in the config", entry.dataset),
                                 );
-                                Ok(Fetched { entry, uri, bytes: Err(err), truth: None })
+                                Ok(Fetched {
+                                    entry,
+                                    uri,
+                                    bytes: Err(err),
+                                    truth: None,
+                                    origin: None,
+                                    side: SideMembers::new(),
+                                })
                             }
                         }
                     }
@@ -192,11 +290,52 @@ pub(super) fn fetch_stage(
                 .try_collect()
                 .await
         })?;
-        clocks["fetch"].add(t.elapsed());
-        sent += items.len() as u64;
-        if tx.send(Chunk { first, items, permits: vec![permit] }).is_err() {
+        if !out.send(items, permit) {
             break;
         }
     }
-    Ok(sent)
+    Ok(())
+}
+
+/// Stream one container (a tar, or a Parquet row group) and hand on each of its samples.
+fn expand_container(
+    rt: &tokio::runtime::Runtime,
+    entry: &InputEntry,
+    ds: &DatasetCtx,
+    limits: &FetchLimits,
+    retry: &Retry,
+    out: &mut Sender,
+) -> Result<(), PipelineError> {
+    let mut emit = |sample: Sample| -> Result<bool, PipelineError> {
+        let Sample { key, uri, origin, bytes, side } = sample;
+        let size = bytes.as_ref().map_or(0, |b| b.len() as u64);
+        let entry = InputEntry::object(entry.dataset.clone(), key, size);
+        let bytes = bytes.map_err(|(reason, detail)| error_record(&entry, &uri, Stage::Fetch, reason, detail));
+        let truth = if bytes.is_ok() { rt.block_on(fetch_label_files(&entry, &uri, ds, retry))? } else { None };
+        Ok(out.push(Fetched { entry, uri, bytes, truth, origin: Some(origin), side }))
+    };
+    match ds.format {
+        DatasetFormat::Webdataset => {
+            let side: Vec<String> =
+                ds.supervised.as_ref().and_then(|s| s.class_member()).map(str::to_owned).into_iter().collect();
+            let opts = TarOptions {
+                image_extensions: &ds.extensions,
+                side_extensions: &side,
+                max_image_bytes: limits.max_image_bytes,
+                retry: *retry,
+            };
+            read_tar(rt, &ds.images, &entry.key, &opts, &mut emit)
+        }
+        DatasetFormat::Parquet => read_row_group(
+            rt,
+            &ds.images,
+            entry,
+            &ds.columns,
+            limits.chunk_images,
+            limits.max_image_bytes,
+            retry,
+            &mut emit,
+        ),
+        DatasetFormat::Files => unreachable!("loose files are fetched by fetch_files"),
+    }
 }

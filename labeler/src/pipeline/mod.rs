@@ -25,6 +25,7 @@ mod fetch;
 mod files;
 mod fingerprint;
 mod infer;
+mod packed;
 mod plan;
 mod postprocess;
 mod procfs;
@@ -71,6 +72,8 @@ pub trait Progress: Send + Sync {
     fn start(&self, _total: u64) {}
     /// `n` more inputs are done (labelled or errored).
     fn advance(&self, _n: u64) {}
+    /// The shard has `n` more inputs than it started with: a packed container, one plan entry, held `n + 1`.
+    fn grow(&self, _n: u64) {}
 }
 
 /// A progress sink that ignores everything.
@@ -90,6 +93,8 @@ pub enum PipelineError {
     Teacher(#[from] TeacherError),
     #[error("no frozen input manifest under {output}/inputs: run `labeler plan` first")]
     NotPlanned { output: String },
+    #[error("dataset {dataset:?}: {message}")]
+    Plan { dataset: String, message: String },
     #[error("reading supervised labels {file}: {reason}")]
     Supervised { file: String, reason: String },
     #[error("encoding records: {0}")]
@@ -295,7 +300,17 @@ pub fn run_shard_with(
             None => None,
             Some(labels) => Some(Arc::new(rt.block_on(SupervisedCtx::open(labels, &d.location, &specs))?)),
         };
-        datasets.insert(d.name.clone(), DatasetCtx { images: shards::open(&d.location)?, supervised });
+        let columns = packed::ParquetColumns { image: d.image_column.clone(), key: d.key_column.clone() };
+        datasets.insert(
+            d.name.clone(),
+            DatasetCtx {
+                images: shards::open(&d.location)?,
+                supervised,
+                format: d.format,
+                extensions: d.extensions.clone(),
+                columns,
+            },
+        );
     }
     let datasets = Arc::new(datasets);
 
@@ -323,7 +338,10 @@ pub fn run_shard_with(
     let (infer_tx, infer_rx) = sync_channel::<Chunk<Inferred>>(queue * workers.max(1));
     let (label_tx, label_rx) = sync_channel::<Chunk<Result<ImageRecord, ErrorRecord>>>(queue);
 
-    let written = std::thread::scope(|scope| -> Result<Written, PipelineError> {
+    let packed = entries
+        .iter()
+        .any(|e| cfg.datasets.iter().any(|d| d.name == e.dataset && d.format != crate::config::DatasetFormat::Files));
+    let written = std::thread::scope(|scope| -> Result<(Written, u64), PipelineError> {
         let fetch_handle = {
             let datasets = datasets.clone();
             let clocks = clocks.clone();
@@ -334,7 +352,7 @@ pub fn run_shard_with(
                 max_image_bytes: cfg.run.max_image_bytes,
                 budget: ByteBudget::new(cfg.run.fetched_bytes_in_flight),
             };
-            scope.spawn(move || fetch_stage(rt, entries, &datasets, &limits, retry, fault, &clocks, fetch_tx))
+            scope.spawn(move || fetch_stage(rt, entries, &datasets, &limits, retry, fault, &clocks, progress, fetch_tx))
         };
         let decode_handle = {
             let clocks = clocks.clone();
@@ -385,17 +403,18 @@ pub fn run_shard_with(
         }
         joined("postprocess", post_handle.join().map(Ok))?;
         let written = joined("write", written)?;
-        if fetched != entries.len() as u64 {
+        // A loose file is one input; a container is at least one (its samples, or a row for its damage).
+        let short = if packed { fetched < entries.len() as u64 } else { fetched != entries.len() as u64 };
+        if short {
             return Err(PipelineError::StageFailed {
                 stage: "fetch",
-                message: format!("handed on {fetched} of {} inputs", entries.len()),
+                message: format!("handed on {fetched} inputs for {} manifest entries", entries.len()),
             });
         }
-        Ok(written)
+        Ok((written, fetched))
     })?;
 
-    let Written { committer, mut manifest, mut stats } = written;
-    let inputs = entries.len() as u64;
+    let (Written { committer, mut manifest, mut stats }, inputs) = written;
     if stats.labelled + stats.errors != inputs {
         return Err(PipelineError::Unaccounted { shard, inputs, rows: stats.labelled + stats.errors });
     }

@@ -30,6 +30,11 @@ const MAX_TABLE_FILE_BYTES: u64 = 2 << 30;
 pub(super) struct DatasetCtx {
     pub(super) images: Location,
     pub(super) supervised: Option<Arc<SupervisedCtx>>,
+    pub(super) format: crate::config::DatasetFormat,
+    /// Image member extensions of a WebDataset sample, in order of preference.
+    pub(super) extensions: Vec<String>,
+    /// The image and key columns of a Parquet dataset.
+    pub(super) columns: super::packed::ParquetColumns,
 }
 
 /// A dataset's supervised labels, ready to use: tables parsed, per-image locations opened.
@@ -44,7 +49,17 @@ pub(super) struct SupervisedCtx {
 enum ClassSource {
     Table(ClassTable),
     Folders(ClassFolders),
+    /// The text of a WebDataset sample's member with this extension (or, with `field`, that field of the
+    /// member's JSON object), mapped over the teacher's classes.
+    Member {
+        extension: String,
+        field: Option<String>,
+        classes: Vec<String>,
+    },
 }
+
+/// The small members of a WebDataset sample besides its image (`.cls`, `.json`, …), by extension.
+pub(super) type SideMembers = std::collections::BTreeMap<String, Bytes>;
 
 /// One label file per image under `location`, named like the image with another extension.
 struct PerImageFiles {
@@ -123,6 +138,15 @@ impl SupervisedCtx {
                 let classes = classes_of(teachers, Task::Cls, images)?;
                 Some((ClassSource::Folders(ClassFolders::new(images, classes)), classes.len()))
             }
+            Some(ClassLabels::Member { extension, field }) => {
+                let classes = classes_of(teachers, Task::Cls, images)?;
+                let source = ClassSource::Member {
+                    extension: extension.clone(),
+                    field: field.clone(),
+                    classes: classes.to_vec(),
+                };
+                Some((source, classes.len()))
+            }
         };
         let detection = match &labels.detection {
             None => None,
@@ -148,6 +172,14 @@ impl SupervisedCtx {
             }
         };
         Ok(Self { classification, detection, segmentation, depth })
+    }
+
+    /// The extension of the sample member that holds the class, when classes come from one.
+    pub(super) fn class_member(&self) -> Option<&str> {
+        match &self.classification {
+            Some((ClassSource::Member { extension, .. }, _)) => Some(extension),
+            _ => None,
+        }
     }
 }
 
@@ -208,6 +240,7 @@ pub(super) fn supervised_labels(
     uri: &str,
     ctx: &SupervisedCtx,
     fetched: Option<&LabelFiles>,
+    side: Option<&SideMembers>,
 ) -> Result<(), ErrorRecord> {
     let row = |p: LabelProblem| error_record(entry, uri, Stage::SupervisedLabel, p.reason_code(), p.to_string());
     let not_fetched = || {
@@ -220,6 +253,9 @@ pub(super) fn supervised_labels(
         let class = match source {
             ClassSource::Table(t) => t.class_of(key),
             ClassSource::Folders(f) => f.class_of(key),
+            ClassSource::Member { extension, field, classes } => {
+                member_class(uri, key, extension, field.as_deref(), classes, side)
+            }
         }
         .map_err(row)?;
         let mut probs = vec![0f32; *n];
@@ -255,9 +291,74 @@ pub(super) fn supervised_labels(
     Ok(())
 }
 
+/// The class a sample's `.<extension>` member names: its text, or its JSON object's `field` (a class name
+/// or index).
+fn member_class(
+    uri: &str,
+    key: &str,
+    extension: &str,
+    field: Option<&str>,
+    classes: &[String],
+    side: Option<&SideMembers>,
+) -> Result<u16, LabelProblem> {
+    use crate::labels::ProblemKind::{Invalid, Missing};
+    let problem = |kind, reason: String| LabelProblem {
+        kind,
+        file: format!("member .{extension} of {uri}"),
+        key: key.to_owned(),
+        reason,
+    };
+    let Some(bytes) = side.and_then(|s| s.get(extension)) else {
+        return Err(problem(Missing, format!("the sample has no .{extension} member")));
+    };
+    let text = match field {
+        None => String::from_utf8_lossy(bytes).into_owned(),
+        Some(field) => {
+            let json: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| problem(Invalid, format!("not JSON: {e}")))?;
+            match json.get(field) {
+                None | Some(serde_json::Value::Null) => {
+                    return Err(problem(Missing, format!("the JSON object has no field {field:?}")))
+                }
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                Some(other) => return Err(problem(Invalid, format!("field {field:?} is {other}, not a class"))),
+            }
+        }
+    };
+    crate::labels::parse_class(&text, classes).ok_or_else(|| {
+        problem(
+            Invalid,
+            format!(
+                "{:?} is neither one of the classification teacher's {} class names nor an index below it",
+                text.trim(),
+                classes.len()
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_classes_come_from_text_or_a_json_field() {
+        let classes: Vec<String> = ["cat", "dog", "bird"].iter().map(|s| s.to_string()).collect();
+        let side = |ext: &str, body: &str| SideMembers::from([(ext.to_owned(), Bytes::from(body.to_owned()))]);
+        let class = |ext: &str, field: Option<&str>, s: &SideMembers| {
+            member_class("u.tar", "u.tar/k", ext, field, &classes, Some(s))
+        };
+        assert_eq!(class("cls", None, &side("cls", "2\n")), Ok(2));
+        assert_eq!(class("txt", None, &side("txt", "dog")), Ok(1));
+        assert_eq!(class("json", Some("label"), &side("json", r#"{"label": 1}"#)), Ok(1));
+        assert_eq!(class("json", Some("label"), &side("json", r#"{"label": "bird"}"#)), Ok(2));
+        let err = class("json", Some("label"), &side("json", r#"{"other": 1}"#)).unwrap_err();
+        assert_eq!((err.reason_code(), err.file.as_str()), ("missing_label", "member .json of u.tar"));
+        assert_eq!(class("json", Some("label"), &side("json", "[1")).unwrap_err().reason_code(), "invalid_label");
+        assert_eq!(class("cls", None, &side("cls", "7")).unwrap_err().reason_code(), "invalid_label");
+        assert_eq!(class("cls", None, &side("json", "{}")).unwrap_err().reason_code(), "missing_label");
+    }
 
     #[test]
     fn per_image_files_mirror_the_key_with_another_extension() {

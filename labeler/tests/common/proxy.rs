@@ -16,6 +16,10 @@ pub struct ProxyState {
     pub fail_only: Mutex<Option<String>>,
     /// Requests whose path contains this get 403 Access Denied, every time.
     pub forbid: Mutex<Option<String>>,
+    /// Responses whose path contains this have their body cut in half (then the connection is reset),
+    /// while `cuts_left` lasts: a read that breaks mid-object.
+    pub cut_body: Mutex<Option<String>>,
+    pub cuts_left: AtomicUsize,
     /// Faults served so far.
     pub faults: AtomicUsize,
 }
@@ -102,6 +106,15 @@ fn serve(client: TcpStream, upstream_port: u16, state: &ProxyState) -> std::io::
         .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
         .collect();
     client.write_all(format!("{}\r\nConnection: close\r\n", kept.join("\r\n")).as_bytes())?;
+    let cut = state.cut_body.lock().unwrap().as_deref().is_some_and(|c| path.contains(c))
+        && rest.len() > 4
+        && state.cuts_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    if cut {
+        state.faults.fetch_add(1, Ordering::SeqCst);
+        // `rest` starts with the blank line ending the headers; send half the body, then reset.
+        client.write_all(&rest[..2 + (rest.len() - 2) / 2])?;
+        return client.shutdown(Shutdown::Both);
+    }
     client.write_all(rest)?;
     client.shutdown(Shutdown::Both)
 }
