@@ -6,6 +6,11 @@ trainer/src/model/{mod,resnet,fpn,fcos}.rs (trainable parameter counts are print
 Rust ones) with the losses of trainer/src/loss.rs: soft-target cross-entropy, FCOS (focal + GIoU weighted
 by centerness + centerness BCE, targets assigned per step on the host with numpy), segmentation
 cross-entropy ignoring 255, scale-and-shift-invariant depth loss after median/MAD normalisation.
+
+Under torchrun (WORLD_SIZE > 1) it is the data-parallel baseline: the model wrapped in
+DistributedDataParallel over a gloo process group, each rank stepping on --batch / WORLD_SIZE samples,
+samples/s counting the global batch; rank 0 reports. DDP all-reduces inside backward (bucketed and
+overlapped), so its all-reduce time is part of the backward phase and not reported on its own.
 """
 
 import argparse
@@ -17,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -304,14 +310,21 @@ def main():
                     help="where the Rust bench left train-step-weights-<model>.npz (used when present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    assert args.batch % world == 0, "--batch must divide over WORLD_SIZE"
+    local_batch = args.batch // world
     rows = []
-    print("| model | batch × px | threads | trainable params | FCOS positives | ms/step (median) | ms/step (mean) "
-          "| samples/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say("| model | batch × px | ranks × threads | trainable params | FCOS positives | ms/step (median) "
+        "| ms/step (mean) | samples/s |")
+    say("|---|---|---|---|---|---|---|---|")
     for run in filter(None, args.runs.split(",")):
         name, size = (run.split("@") + ["128"])[:2]
         size = int(size)
-        batch = synthetic_batch(args.batch, size)
+        batch = synthetic_batch(local_batch, size)
         torch.manual_seed(0)
         model = Student(*MODELS[name]).train()
         trainable = sum(p.numel() for p in model.parameters())
@@ -320,6 +333,8 @@ def main():
         if os.path.exists(weights):  # the Rust initial weights: the losses must come out the same
             load_rust_weights(model, weights)
             initial = {k: v.item() for k, v in task_losses(model(torch.from_numpy(batch["images"])), batch).items()}
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
         decay = [p for p in model.parameters() if p.dim() > 1]
         rest = [p for p in model.parameters() if p.dim() <= 1]
         opt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": rest, "weight_decay": 0.0}],
@@ -351,14 +366,16 @@ def main():
         med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
         median, mean = med([sum(p) for p in phases]), sum(sum(p) for p in phases) / len(phases)
         parts = [med([p[i] for p in phases]) * 1e3 for i in range(4)]
-        print(f"| {name} | {args.batch} × {size} | {args.threads} | {trainable} | {positives} | {median * 1e3:.1f} | "
-              f"{mean * 1e3:.1f} | {args.batch / median:.1f} |")
-        rows.append({"model": name, "batch": args.batch, "size": size, "threads": args.threads,
+        say(f"| {name} | {args.batch} × {size} | {world} × {args.threads} | {trainable} | {positives} | "
+            f"{median * 1e3:.1f} | {mean * 1e3:.1f} | {args.batch / median:.1f} |")
+        rows.append({"model": name, "batch": args.batch, "size": size, "threads": args.threads, "ranks": world,
                      "trainable_params": trainable, "det_positives": positives, "initial_losses": initial,
                      "steps": len(phases), "ms_median": median * 1e3,
                      "ms_phases": dict(zip(("forward", "losses", "backward", "update"), parts)),
                      "ms_mean": mean * 1e3, "samples_per_s": args.batch / median})
-    if args.json:
+    if world > 1:
+        dist.destroy_process_group()
+    if args.json and rank == 0:
         with open(args.json, "w") as f:
             json.dump({"rows": rows}, f, indent=2)
 

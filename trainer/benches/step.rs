@@ -13,6 +13,12 @@
 //! `STEP_BENCH_SECONDS` (measuring time per run after 2 warm-up steps, 20; at least 4 steps),
 //! `TRAIN_BENCH_DIR` (where the initial weights go; `out/bench`), `STEP_BENCH_JSON` (the results;
 //! `$TRAIN_BENCH_DIR/train-step-rust.json`).
+//!
+//! Launched by torchrun (`WORLD_SIZE > 1`), it measures data-parallel scaling: each rank steps on
+//! `STEP_BENCH_BATCH / WORLD_SIZE` samples, gradients are averaged with the trainer's c10d all-reduce
+//! (and batch-norm buffers broadcast, as the trainer and PyTorch's DDP do), the all-reduce time is a
+//! fifth phase, and samples/s counts the global batch. Rank 0 reports. `tools/bench/step_pytorch.py`
+//! under torchrun is the same with `DistributedDataParallel` (gloo).
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -24,7 +30,8 @@ use tch::nn::VarStore;
 use tch::Device;
 use trainer::batch::{Batch, BoxTarget};
 use trainer::config::OptimSection;
-use trainer::loss::{images_tensor, task_losses, DetTargets, LocalCount, Objective};
+use trainer::distributed::{GlobalCount, LocalCount, ProcessGroup, World};
+use trainer::loss::{images_tensor, task_losses, DetTargets, Objective};
 use trainer::model::{count_parameters, ResNetDepth, Student, StudentConfig};
 use trainer::optim::Optimizer;
 
@@ -131,12 +138,25 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/bench"));
     tch::set_num_threads(threads as i32);
+    let world = World::from_env().expect("launcher variables");
+    let group = (world.size > 1)
+        .then(|| ProcessGroup::join(&world, Device::Cpu, Duration::from_secs(600)).expect("joining the group"));
+    let norm: &dyn GlobalCount = match &group {
+        Some(g) => g,
+        None => &LocalCount,
+    };
+    let global_batch = batch_size;
+    assert!(batch_size.is_multiple_of(world.size), "STEP_BENCH_BATCH must divide over WORLD_SIZE");
+    let batch_size = batch_size / world.size;
+    let root = world.is_root();
     let optim: OptimSection = toml::from_str("optimizer = \"sgd\"\nlr = 0.01\nsteps = 1000\nmomentum = 0.9").unwrap();
     let device = Device::Cpu;
 
     let mut rows = Vec::new();
-    println!("| model | batch × px | threads | trainable params | FCOS positives | ms/step (median) | ms/step (mean) | samples/s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    if root {
+        println!("| model | batch × px | ranks × threads | trainable params | FCOS positives | ms/step (median) | ms/step (mean) | all-reduce ms | samples/s |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+    }
     for run in runs.split(',').filter(|m| !m.is_empty()) {
         let (name, size) = run.split_once('@').unwrap_or((run, "128"));
         let size: usize = size.parse().expect("STEP_BENCH_RUNS: model@pixels");
@@ -147,7 +167,11 @@ fn main() {
         let student = Student::new(&(vs.root() / "student"), &cfg);
         let objective = Objective::new(&(vs.root() / "objective"), &cfg.tasks(), BTreeMap::new(), false);
         let (trainable, buffers) = count_parameters(&vs);
-        let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let params: Vec<(String, tch::Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let grads_of: Vec<tch::Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let bn_buffers: Vec<tch::Tensor> =
+            vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(_, t)| t).collect();
         let mut optimizer = Optimizer::new(&optim, params);
         // Parity check with the PyTorch script: the host-side FCOS assignment must give the same positives.
         let positives = tch::no_grad(|| {
@@ -161,30 +185,37 @@ fn main() {
         let mut weights: Vec<(String, tch::Tensor)> =
             vs.variables().into_iter().map(|(k, t)| (k.replace('/', "."), t)).collect();
         weights.sort_by(|a, b| a.0.cmp(&b.0));
-        std::fs::create_dir_all(&out_dir).unwrap();
-        tch::Tensor::write_npz(&weights, out_dir.join(format!("train-step-weights-{name}-{size}.npz"))).unwrap();
+        if root {
+            std::fs::create_dir_all(&out_dir).unwrap();
+            tch::Tensor::write_npz(&weights, out_dir.join(format!("train-step-weights-{name}-{size}.npz"))).unwrap();
+        }
         let initial: BTreeMap<&str, f64> = {
             let out = student.forward_t(&images_tensor(&batch, device).unwrap(), true);
             let losses = task_losses(&out, &batch, device, &LocalCount).unwrap();
             losses.losses.iter().map(|(t, l)| (t.as_str(), l.double_value(&[]))).collect()
         };
         // One step; returns the seconds spent in forward, losses (with the weighted total), zero-grad +
-        // backward, and the optimiser update. Everything is synchronous on the CPU.
+        // backward, the optimiser update and the gradient all-reduce. Everything is synchronous on the CPU.
         let mut step = || {
             let t0 = Instant::now();
             let x = images_tensor(&batch, device).unwrap();
             let out = student.forward_t(&x, true);
             let t1 = Instant::now();
-            let losses = task_losses(&out, &batch, device, &LocalCount).unwrap();
+            let losses = task_losses(&out, &batch, device, norm).unwrap();
             let total = objective.total(&losses);
             let t2 = Instant::now();
             optimizer.zero_grad();
             total.backward();
             let t3 = Instant::now();
+            if let Some(g) = &group {
+                g.average_gradients(&grads_of, 25 << 20).unwrap();
+                g.broadcast_from_root(&bn_buffers).unwrap();
+            }
+            let t4 = Instant::now();
             optimizer.step(optim.lr);
             let loss = total.double_value(&[]);
             assert!(loss.is_finite(), "loss {loss}");
-            [t1 - t0, t2 - t1, t3 - t2, t3.elapsed()].map(|d| d.as_secs_f64())
+            [t1 - t0, t2 - t1, t3 - t2, t4.elapsed(), t4 - t3].map(|d| d.as_secs_f64())
         };
         for _ in 0..2 {
             step();
@@ -194,26 +225,35 @@ fn main() {
         while phases.len() < 4 || start.elapsed() < Duration::from_secs_f64(seconds) {
             phases.push(step());
         }
-        let median_of = |f: &dyn Fn(&[f64; 4]) -> f64| {
+        let median_of = |f: &dyn Fn(&[f64; 5]) -> f64| {
             let mut v: Vec<f64> = phases.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2] * 1e3
         };
         let median = median_of(&|p| p.iter().sum()) / 1e3;
         let mean = phases.iter().map(|p| p.iter().sum::<f64>()).sum::<f64>() / phases.len() as f64;
-        let parts: Vec<f64> = (0..4).map(|i| median_of(&|p| p[i])).collect();
-        println!(
-            "| {name} | {batch_size} × {size} | {threads} | {trainable} | {positives} | {:.1} | {:.1} | {:.1} |",
-            median * 1e3,
-            mean * 1e3,
-            batch_size as f64 / median
-        );
+        let parts: Vec<f64> = (0..5).map(|i| median_of(&|p| p[i])).collect();
+        if root {
+            println!(
+                "| {name} | {global_batch} × {size} | {} × {threads} | {trainable} | {positives} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                world.size,
+                median * 1e3,
+                mean * 1e3,
+                parts[4],
+                global_batch as f64 / median
+            );
+        }
         rows.push(json!({
-            "model": name, "batch": batch_size, "size": size, "threads": threads, "trainable_params": trainable,
-            "buffers": buffers, "det_positives": positives, "initial_losses": initial, "steps": phases.len(),
-            "ms_phases": {"forward": parts[0], "losses": parts[1], "backward": parts[2], "update": parts[3]}, "ms_median": median * 1e3, "ms_mean": mean * 1e3,
-            "samples_per_s": batch_size as f64 / median,
+            "model": name, "batch": global_batch, "size": size, "threads": threads, "ranks": world.size,
+            "trainable_params": trainable, "buffers": buffers, "det_positives": positives, "initial_losses": initial,
+            "steps": phases.len(),
+            "ms_phases": {"forward": parts[0], "losses": parts[1], "backward": parts[2], "update": parts[3], "allreduce": parts[4]},
+            "ms_median": median * 1e3, "ms_mean": mean * 1e3,
+            "samples_per_s": global_batch as f64 / median,
         }));
+    }
+    if !root {
+        return;
     }
     let file =
         std::env::var("STEP_BENCH_JSON").map(PathBuf::from).unwrap_or_else(|_| out_dir.join("train-step-rust.json"));

@@ -82,6 +82,10 @@ fn default_prefetch() -> usize {
     4
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_shuffle_window() -> usize {
     4
 }
@@ -110,6 +114,12 @@ pub struct DataConfig {
     /// sampling stream; larger windows mix samples from more files into each batch.
     #[serde(default = "default_shuffle_window")]
     pub shuffle_window: usize,
+    /// Uniform sampling over several datasets: order each epoch's row groups so that every window holds
+    /// each dataset in proportion to its rows (default true), so batches mix the union like i.i.d.
+    /// draws. `false`: a plain size-weighted shuffle of row groups (batches then follow the few row
+    /// groups, usually of one dataset each, that share a window).
+    #[serde(default = "yes")]
+    pub interleave_datasets: bool,
     pub num_classes: NumClasses,
     #[serde(default)]
     pub augment: Augmentation,
@@ -156,6 +166,7 @@ impl DataConfig {
             workers: default_workers(),
             prefetch: default_prefetch(),
             shuffle_window: default_shuffle_window(),
+            interleave_datasets: true,
             num_classes,
             augment: Augmentation::default(),
             passes: None,

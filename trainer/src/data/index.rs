@@ -152,6 +152,11 @@ pub(crate) struct Index {
     pub datasets: Vec<DatasetIndex>,
     pub files: Vec<FileIndex>,
     pub groups: Vec<GroupIndex>,
+    /// The interleaving stratum of every group: one per (configured dataset, labeler dataset), so that
+    /// the labeler's datasets inside one output root (the demo's pool and supervised sets) mix as well
+    /// as configured datasets do. The labeler dataset of a group comes from the `dataset` column's
+    /// statistics in the footer; groups without a single one share their configured dataset's stratum.
+    pub strata: Vec<u32>,
     /// Hash of everything that determines the sample order (files, row-group sizes, sampling settings).
     pub fingerprint: u64,
 }
@@ -207,6 +212,10 @@ pub(crate) fn check_schema(
     Ok(ProjectionMask::roots(parquet_schema, roots))
 }
 
+/// A row group as its footer describes it: rows, and the one labeler dataset all of them belong to
+/// (from the `dataset` column's exact min = max statistics), if any.
+type FooterGroup = (u64, Option<String>);
+
 struct Pending {
     dataset: u32,
     rel: String,
@@ -242,7 +251,7 @@ pub(crate) async fn build(cfg: &DataConfig, locations: Vec<Location>) -> Result<
     }
 
     let datasets_ref = &datasets;
-    let opened: Vec<(FileIndex, Vec<u64>)> = futures::stream::iter(pending)
+    let opened: Vec<(FileIndex, Vec<FooterGroup>)> = futures::stream::iter(pending)
         .map(|p| async move { open_footer(&datasets_ref[p.dataset as usize], p).await })
         .buffered(FOOTER_CONCURRENCY)
         .try_collect()
@@ -250,6 +259,8 @@ pub(crate) async fn build(cfg: &DataConfig, locations: Vec<Location>) -> Result<
 
     let mut files = Vec::with_capacity(opened.len());
     let mut groups = Vec::new();
+    let mut strata = Vec::new();
+    let mut stratum_ids: std::collections::HashMap<(u32, Option<String>), u32> = std::collections::HashMap::new();
     let mut fp = hash_words(&[
         cfg.seed,
         match cfg.sampling {
@@ -257,17 +268,23 @@ pub(crate) async fn build(cfg: &DataConfig, locations: Vec<Location>) -> Result<
             Sampling::PerDataset => 1,
         },
         cfg.shuffle_window as u64,
+        u64::from(cfg.interleave_datasets),
     ]);
     for d in &datasets {
         fp = hash_bytes(fp, d.name.as_bytes());
     }
     for (f, (file, sizes)) in opened.into_iter().enumerate() {
         fp = hash_bytes(fp ^ u64::from(file.dataset), file.path.as_ref().as_bytes());
-        for (rg, &rows) in sizes.iter().enumerate() {
+        for (rg, (rows, source)) in sizes.into_iter().enumerate() {
             fp = hash_words(&[fp, rows]);
+            if cfg.interleave_datasets {
+                fp = hash_bytes(fp, source.as_deref().unwrap_or("").as_bytes());
+            }
             datasets[file.dataset as usize].rows += rows;
             if rows > 0 {
                 groups.push(GroupIndex { file: f as u32, row_group: rg as u32, rows });
+                let next = stratum_ids.len() as u32;
+                strata.push(*stratum_ids.entry((file.dataset, source)).or_insert(next));
             }
         }
         files.push(file);
@@ -275,10 +292,10 @@ pub(crate) async fn build(cfg: &DataConfig, locations: Vec<Location>) -> Result<
     for d in &datasets {
         tracing::info!(dataset = %d.name, location = %d.location.display, files = d.files, rows = d.rows, "indexed committed shards");
     }
-    Ok(Index { datasets, files, groups, fingerprint: fp })
+    Ok(Index { datasets, files, groups, strata, fingerprint: fp })
 }
 
-async fn open_footer(dataset: &DatasetIndex, p: Pending) -> Result<(FileIndex, Vec<u64>), DataError> {
+async fn open_footer(dataset: &DatasetIndex, p: Pending) -> Result<(FileIndex, Vec<FooterGroup>), DataError> {
     let path = dataset.location.child(&p.rel);
     let uri = dataset.location.uri_of(&path);
     let mut reader = ObjectReader::new(dataset.location.store.clone(), path.clone(), p.size);
@@ -287,10 +304,23 @@ async fn open_footer(dataset: &DatasetIndex, p: Pending) -> Result<(FileIndex, V
         .map_err(|source| DataError::Footer { uri: uri.clone(), source: Box::new(source) })?;
     let parquet_meta = meta.metadata().clone();
     let projection = check_schema(&uri, meta.schema(), dataset.tasks, parquet_meta.file_metadata().schema_descr())?;
-    let sizes: Vec<u64> = parquet_meta.row_groups().iter().map(|rg| rg.num_rows().max(0) as u64).collect();
-    let found: u64 = sizes.iter().sum();
+    let column =
+        parquet_meta.file_metadata().schema_descr().columns().iter().position(|c| c.path().string() == "dataset");
+    let groups: Vec<FooterGroup> = parquet_meta
+        .row_groups()
+        .iter()
+        .map(|rg| {
+            let stats = column.and_then(|c| rg.column(c).statistics());
+            let single = stats
+                .and_then(|s| Some((s.min_bytes_opt()?, s.max_bytes_opt()?, s.min_is_exact() && s.max_is_exact())))
+                .filter(|(min, max, exact)| *exact && min == max)
+                .and_then(|(min, _, _)| std::str::from_utf8(min).ok().map(str::to_owned));
+            (rg.num_rows().max(0) as u64, single)
+        })
+        .collect();
+    let found: u64 = groups.iter().map(|g| g.0).sum();
     if found != p.rows {
         return Err(DataError::RowCount { uri, manifest: p.rows, found });
     }
-    Ok((FileIndex { dataset: p.dataset, uri, path, size: p.size, meta, projection }, sizes))
+    Ok((FileIndex { dataset: p.dataset, uri, path, size: p.size, meta, projection }, groups))
 }

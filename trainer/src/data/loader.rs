@@ -321,6 +321,7 @@ fn read_loop(
             cfg.shuffle_window,
             cfg.passes,
             index.fingerprint,
+            cfg.interleave_datasets.then_some(index.strata.as_slice()),
             &start,
         )?;
         Ok((Arc::new(index), seq))

@@ -4,7 +4,17 @@
 //! holds every row group of every dataset, with per-dataset sampling each dataset is its own stream and a
 //! seeded draw per sample picks the stream. Each epoch of a stream permutes its row groups (seeded by
 //! stream and epoch), cuts the permutation into windows of `shuffle_window` row groups, and shuffles
-//! the rows inside each window (seeded by stream, epoch and window). A stream's place is therefore just
+//! the rows inside each window (seeded by stream, epoch and window).
+//!
+//! Row groups usually hold one dataset each (the labeler writes its inputs sorted by dataset and key),
+//! so a plain permutation fills a window of a few row groups with one or two datasets, and every batch
+//! drawn from it is far from the union's proportions. With interleaving (`interleave_datasets`, the
+//! default) a uniform stream over several datasets is permuted per dataset — a stratum per configured
+//! dataset and labeler dataset, known for each row group from its footer statistics — and the
+//! permutations are merged by each row group's place in its dataset (the fraction of the dataset's rows before its middle, turned by a random phase
+//! per dataset and epoch): every stretch of the epoch, and so every window, holds each dataset in
+//! proportion to its rows. Every row is still visited once per epoch; what changes is that a batch
+//! mixes the union like i.i.d. draws rather than like a few files. A stream's place is therefore just
 //! `(epoch, position)` — rows consumed in the epoch — and resuming anywhere needs only one permutation
 //! of row groups and one window shuffle: no replay, and memory independent of dataset size.
 //!
@@ -81,6 +91,8 @@ pub(crate) struct Sequencer {
     passes: Option<u64>,
     /// Row count of every global row group.
     sizes: Vec<u64>,
+    /// Interleaving stratum of every global row group (`None`: no interleaving).
+    strata: Option<Vec<u32>>,
     streams: Vec<Stream>,
     step: u64,
     fingerprint: u64,
@@ -88,6 +100,7 @@ pub(crate) struct Sequencer {
 
 impl Sequencer {
     /// `groups[i] = (dataset, rows)` of global row group `i`; `datasets` is the number of datasets.
+    /// `strata[i]`, when given, is the interleaving stratum of row group `i` (see the module docs).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         groups: &[(u32, u64)],
@@ -97,6 +110,7 @@ impl Sequencer {
         window_groups: usize,
         passes: Option<u64>,
         fingerprint: u64,
+        strata: Option<&[u32]>,
         start: &SamplerState,
     ) -> Result<Self, DataError> {
         let stream_sets: Vec<Vec<u32>> = match mode {
@@ -118,8 +132,20 @@ impl Sequencer {
             }
             streams.push(Stream { groups: set, total, at: StreamState::default(), order: None, window: None });
         }
-        let mut seq =
-            Self { seed, window_groups: window_groups.max(1), mode, passes, sizes, streams, step: 0, fingerprint };
+        if strata.is_some_and(|s| s.len() != groups.len()) {
+            return Err(DataError::State { reason: "one interleaving stratum per row group is needed".into() });
+        }
+        let mut seq = Self {
+            seed,
+            window_groups: window_groups.max(1),
+            mode,
+            passes,
+            sizes,
+            strata: strata.map(<[u32]>::to_vec),
+            streams,
+            step: 0,
+            fingerprint,
+        };
         seq.restore(start)?;
         Ok(seq)
     }
@@ -181,11 +207,44 @@ impl Sequencer {
     /// random row falls in is likely to come early in proportion to its size (with equal row groups this
     /// is a plain shuffle). With one row group per window, each sample is then uniform over the rows not
     /// yet visited in the epoch, whatever the row-group sizes.
+    ///
+    /// With interleaving strata and several of them in a uniform stream, each stratum is permuted on its
+    /// own and the permutations are merged by place (see the module docs).
     fn epoch_order(&self, stream: u32, epoch: u64) -> Vec<u32> {
         let groups = &self.streams[stream as usize].groups;
-        let weights: Vec<u64> = groups.iter().map(|&g| self.sizes[g as usize]).collect();
-        let mut rng = Rng::keyed(&[self.seed, TAG_EPOCH, u64::from(stream), epoch]);
-        weighted_permutation(&weights, &mut rng).into_iter().map(|i| groups[i]).collect()
+        let mut by_dataset: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
+        if let (Some(strata), Sampling::Uniform) = (&self.strata, self.mode) {
+            for &g in groups {
+                by_dataset.entry(strata[g as usize]).or_default().push(g);
+            }
+        }
+        if by_dataset.len() < 2 {
+            let weights: Vec<u64> = groups.iter().map(|&g| self.sizes[g as usize]).collect();
+            let mut rng = Rng::keyed(&[self.seed, TAG_EPOCH, u64::from(stream), epoch]);
+            return weighted_permutation(&weights, &mut rng).into_iter().map(|i| groups[i]).collect();
+        }
+        // (place in [0, 1), tie-break, group): integer arithmetic then one division, so the order is the
+        // same on every platform.
+        let mut placed: Vec<(f64, u64, u32)> = Vec::with_capacity(groups.len());
+        for (&dataset, members) in &by_dataset {
+            let weights: Vec<u64> = members.iter().map(|&g| self.sizes[g as usize]).collect();
+            let total: u64 = weights.iter().sum();
+            let mut rng = Rng::keyed(&[self.seed, TAG_EPOCH, u64::from(stream), epoch, 1 + u64::from(dataset)]);
+            let order = weighted_permutation(&weights, &mut rng);
+            let phase = rng.below(1 << 32);
+            let mut before = 0u64;
+            for i in order {
+                let middle = 2 * before + weights[i];
+                // (middle / 2 total + phase / 2^32) mod 1, on integers scaled by 2^32 · 2 total.
+                let scale = 2 * u128::from(total.max(1));
+                let at = (u128::from(middle) << 32) + u128::from(phase) * scale;
+                let frac = (at % (scale << 32)) as f64 / (scale << 32) as f64;
+                placed.push((frac, rng.below(u64::MAX), members[i]));
+                before += weights[i];
+            }
+        }
+        placed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        placed.into_iter().map(|p| p.2).collect()
     }
 
     /// Global row-group ids of a window, in the order its rows are concatenated.
@@ -355,7 +414,8 @@ mod tests {
         w: usize,
         st: &SamplerState,
     ) -> Sequencer {
-        Sequencer::new(groups, &names(datasets), mode, seed, w, None, 7, st).unwrap()
+        let strata: Vec<u32> = groups.iter().map(|g| g.0).collect();
+        Sequencer::new(groups, &names(datasets), mode, seed, w, None, 7, Some(&strata), st).unwrap()
     }
 
     fn take(s: &mut Sequencer, n: usize) -> Vec<(u32, u64)> {
@@ -401,7 +461,8 @@ mod tests {
     fn finite_run_ends_after_its_passes() {
         let groups = [(0, 3), (0, 2)];
         let mut s =
-            Sequencer::new(&groups, &names(1), Sampling::Uniform, 1, 1, Some(2), 0, &SamplerState::default()).unwrap();
+            Sequencer::new(&groups, &names(1), Sampling::Uniform, 1, 1, Some(2), 0, None, &SamplerState::default())
+                .unwrap();
         let mut n = 0;
         while s.next_pick().is_some() {
             n += 1;
@@ -412,9 +473,10 @@ mod tests {
     #[test]
     fn empty_dataset_is_an_error_per_dataset() {
         let groups = [(0, 3), (1, 0)];
-        let err = Sequencer::new(&groups, &names(2), Sampling::PerDataset, 1, 1, None, 0, &SamplerState::default())
-            .err()
-            .unwrap();
+        let err =
+            Sequencer::new(&groups, &names(2), Sampling::PerDataset, 1, 1, None, 0, None, &SamplerState::default())
+                .err()
+                .unwrap();
         assert!(err.to_string().contains("d1"), "{err}");
     }
 
@@ -495,8 +557,9 @@ mod tests {
         }
     }
 
-    /// Uniform sampling with one row group per window: over many seeds, the first sample is uniform over
-    /// the images of the union (per dataset and within a dataset), not over datasets or row groups.
+    /// Uniform sampling without interleaving, one row group per window: over many seeds, the first sample
+    /// is uniform over the images of the union (per dataset and within a dataset), not over datasets or
+    /// row groups. (Interleaving trades this per-position property for batches that mix the union.)
     #[test]
     fn uniform_first_samples_are_uniform_over_images() {
         let groups = [(0, 90), (1, 5), (1, 5)];
@@ -504,7 +567,9 @@ mod tests {
         let seeds = 20_000u64;
         let mut per_image = vec![0usize; total];
         for seed in 0..seeds {
-            let mut s = seq(&groups, 2, Sampling::Uniform, seed, 1, &SamplerState::default());
+            let mut s =
+                Sequencer::new(&groups, &names(2), Sampling::Uniform, seed, 1, None, 7, None, &SamplerState::default())
+                    .unwrap();
             let (g, row) = take(&mut s, 1)[0];
             let offset: u64 = groups[..g as usize].iter().map(|g| g.1).sum();
             per_image[(offset + row) as usize] += 1;
@@ -515,5 +580,83 @@ mod tests {
         let chi2: f64 = per_image.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
         // 99 degrees of freedom: mean 99, sd 14; 170 is beyond the 99.999th percentile.
         assert!(chi2 < 170.0, "chi2 {chi2}");
+    }
+
+    /// Mean total-variation distance between each batch's dataset histogram and the union's proportions.
+    fn mean_tv(picks: &[(u32, u64)], groups: &[(u32, u64)], datasets: usize, batch: usize) -> f64 {
+        let total: u64 = groups.iter().map(|g| g.1).sum();
+        let share: Vec<f64> = (0..datasets as u32)
+            .map(|d| groups.iter().filter(|g| g.0 == d).map(|g| g.1).sum::<u64>() as f64 / total as f64)
+            .collect();
+        let tvs: Vec<f64> = picks
+            .chunks_exact(batch)
+            .map(|b| {
+                let mut h = vec![0f64; datasets];
+                for &(g, _) in b {
+                    h[groups[g as usize].0 as usize] += 1.0 / batch as f64;
+                }
+                h.iter().zip(&share).map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0
+            })
+            .collect();
+        tvs.iter().sum::<f64>() / tvs.len() as f64
+    }
+
+    /// Row groups of one dataset each, sorted by dataset as the labeler writes them: interleaving brings
+    /// a batch's dataset mix much closer to i.i.d. draws than plain windows of 4 row groups; every row
+    /// still comes once per epoch.
+    #[test]
+    fn interleaved_windows_mix_the_datasets_of_the_union() {
+        // Like the demo: a pool of 16 row groups and two supervised sets of 8 and 4, 32 rows each.
+        let groups: Vec<(u32, u64)> = (0..28)
+            .map(|i| {
+                (
+                    if i < 16 {
+                        0
+                    } else if i < 24 {
+                        1
+                    } else {
+                        2
+                    },
+                    32,
+                )
+            })
+            .collect();
+        let total = 28 * 32;
+        let mut tv = [0f64; 2];
+        let strata: Vec<u32> = groups.iter().map(|g| g.0).collect();
+        for (k, interleave) in [false, true].into_iter().enumerate() {
+            for seed in 0..20 {
+                let strata = interleave.then_some(strata.as_slice());
+                let mut s = Sequencer::new(
+                    &groups,
+                    &names(3),
+                    Sampling::Uniform,
+                    seed,
+                    4,
+                    None,
+                    7,
+                    strata,
+                    &SamplerState::default(),
+                )
+                .unwrap();
+                let picks = take(&mut s, total);
+                let distinct: std::collections::HashSet<_> = picks.iter().collect();
+                assert_eq!(distinct.len(), total, "an epoch visits every row once");
+                tv[k] += mean_tv(&picks, &groups, 3, 16) / 20.0;
+            }
+        }
+        // I.i.d. draws from the union for reference.
+        let mut rng = Rng::keyed(&[99]);
+        let iid: Vec<(u32, u64)> = (0..total * 20).map(|_| (rng.below(28) as u32, 0)).collect();
+        let iid = mean_tv(&iid, &groups, 3, 16);
+        // A window of 4 row groups cannot hold a dataset of 1 row group in 7, so interleaving stops short
+        // of i.i.d. here (measured: plain 0.298, interleaved 0.183, i.i.d. 0.132); it removes most of
+        // the gap between plain windows and i.i.d. draws.
+        assert!(
+            tv[1] - iid < 0.6 * (tv[0] - iid),
+            "mean TV per batch of 16: plain {:.3}, interleaved {:.3}, i.i.d. {iid:.3}",
+            tv[0],
+            tv[1]
+        );
     }
 }
