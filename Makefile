@@ -33,6 +33,18 @@ EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
 setup: $(SETUP_STAMP) $(GLOO_HEADERS)
 
+# `make setup GPU=1`: also the CUDA headers that the trainer's NCCL process group needs to compile
+# (`cargo build --release -p trainer --features nccl`); the CUDA torch wheel ships nccl.h and the runtime
+# headers but not these two header-only packages. Matches torch's CUDA 13.0 build.
+GPU ?= 0
+GPU_STAMP := $(VENV)/.gpu-stamp
+ifeq ($(GPU),1)
+setup: $(GPU_STAMP)
+endif
+$(GPU_STAMP): $(SETUP_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+	@touch $@
+
 # Gloo's C++ headers (for the trainer's c10d shim; the torch wheel lacks them): Debian's libgloo-dev,
 # unpacked without root. `apt-get download` needs the package lists; the pool URL is the fall-back.
 GLOO_DEB_URL ?= http://deb.debian.org/debian/pool/main/g/gloo/libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb

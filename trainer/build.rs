@@ -45,10 +45,12 @@ fn main() {
             .flatten()
             .map(|e| e.path().join("include"))
             .find(|p| p.join("cuda_runtime_api.h").is_file());
-        let (true, Some(cuda)) = (nccl.join("nccl.h").is_file(), cuda) else {
+        let complete = |c: &Path| c.join("crt/host_config.h").is_file() && c.join("nv/target").is_file();
+        let (true, Some(cuda)) = (nccl.join("nccl.h").is_file(), cuda.filter(|c| complete(c))) else {
             panic!(
-                "the `nccl` feature needs nccl.h and the CUDA headers from the CUDA torch wheel's nvidia packages \
-                 (looked in {}); install torch with CUDA and `nvidia-cuda-crt`, `nvidia-cuda-cccl` (make setup GPU=1)",
+                "the `nccl` feature needs nccl.h and the CUDA headers (cuda_runtime_api.h, crt/host_config.h, \
+                 nv/target) from the CUDA torch wheel's nvidia packages, looked for under {}: run `make setup \
+                 GPU=1`, which installs `nvidia-cuda-crt` and `nvidia-cuda-cccl` next to torch",
                 site.join("nvidia").display()
             );
         };

@@ -12,6 +12,11 @@
 //! columns (how much of the cost is the full-resolution mask and depth). Results are printed as a table
 //! and written to `$TRAIN_BENCH_DIR/train-loader-rust.json` for `tools/bench/train_table.py`.
 //! `LOADER_BENCH_SECONDS` sets the measuring time per row (default 6).
+//!
+//! Last, batch mixing: the 128 px images again as one output root of four labeler datasets written
+//! sorted (like the demo's pool and supervised sets, `train-shards-128-mixed`), read with
+//! `interleave_datasets` off and on: the rate (interleaving must not cost), and the mean total-variation
+//! distance between each batch's dataset histogram and the union's proportions.
 #![allow(clippy::print_stdout)]
 
 #[path = "../tests/data_support/mod.rs"]
@@ -72,7 +77,15 @@ fn record(cfg: &WorldConfig, index: u64) -> ImageRecord {
 
 /// Commit the shards of a setting under `root` unless they are there. Written to a sibling directory
 /// and renamed, so an interrupted run never leaves a half-written set that would be taken as complete.
+/// The labeler datasets of the mixed set and their shares of its images.
+const MIXED: [(&str, u64); 4] = [("pool", 8), ("cls", 4), ("det", 2), ("seg", 2)];
+
 fn ensure_shards(root: &Path, w: u32, h: u32, n: u64) -> (String, usize) {
+    ensure_shards_of(root, w, h, n, false)
+}
+
+/// Writes the set once; with `mixed`, records are split into the `MIXED` datasets in that order.
+fn ensure_shards_of(root: &Path, w: u32, h: u32, n: u64, mixed: bool) -> (String, usize) {
     let bytes_of = |dir: &Path| -> usize {
         let files = walk(dir);
         let parquet = files.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet"));
@@ -84,7 +97,24 @@ fn ensure_shards(root: &Path, w: u32, h: u32, n: u64) -> (String, usize) {
     let tmp = root.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     let world = WorldConfig::try_new(5, w, h).unwrap();
-    let records: Vec<ImageRecord> = (0..n).map(|i| record(&world, i)).collect();
+    let parts: u64 = MIXED.iter().map(|m| m.1).sum();
+    let records: Vec<ImageRecord> = (0..n)
+        .map(|i| {
+            let mut r = record(&world, i);
+            if mixed {
+                let slot = i * parts / n;
+                let mut acc = 0;
+                let name = MIXED.iter().find(|m| {
+                    acc += m.1;
+                    slot < acc
+                });
+                let name = name.map_or("pool", |m| m.0);
+                r.dataset = name.to_owned();
+                r.key = format!("{name}-{}", r.key);
+            }
+            r
+        })
+        .collect();
     let loc = shards::open(tmp.to_str().unwrap()).unwrap();
     // The labeler's encodings and compression, with smaller row groups than its default so that even
     // the 640 px set spans several shuffle windows.
@@ -134,24 +164,52 @@ struct Rate {
 }
 
 fn measure(path: &str, tasks: Vec<Task>, size: usize, batch: usize, workers: usize, seconds: f64) -> Rate {
+    measure_with(path, tasks, size, batch, workers, seconds, true).0
+}
+
+/// The rate, and the mean total-variation distance of each batch's dataset histogram (key prefixes of
+/// the `MIXED` datasets) from their shares.
+fn measure_with(
+    path: &str,
+    tasks: Vec<Task>,
+    size: usize,
+    batch: usize,
+    workers: usize,
+    seconds: f64,
+    interleave: bool,
+) -> (Rate, f64) {
     let classes = NumClasses { cls: SCENE_CLASSES.len(), det: OBJECT_CLASSES.len(), seg: SEG_CLASSES.len() };
     let mut cfg = trainer::data::DataConfig::new(vec![spec("world", path, tasks)], size, batch, classes);
     cfg.workers = workers;
     cfg.prefetch = 2 * workers;
     cfg.seed = 1;
+    cfg.interleave_datasets = interleave;
     let mut loader = Loader::new(cfg, SamplerState::default()).unwrap();
     for _ in 0..3 {
         loader.next_batch().unwrap();
     }
+    let parts: u64 = MIXED.iter().map(|m| m.1).sum();
+    let (mut tv_sum, mut batches) = (0.0, 0usize);
     let (start, cpu0) = (Instant::now(), cpu_seconds());
     let mut samples = 0usize;
     while start.elapsed() < Duration::from_secs_f64(seconds) {
-        samples += loader.next_batch().unwrap().size;
+        let b = loader.next_batch().unwrap();
+        samples += b.size;
+        let tv: f64 = MIXED
+            .iter()
+            .map(|(name, share)| {
+                let n = b.keys.iter().filter(|(_, k)| k.starts_with(&format!("{name}-"))).count();
+                (n as f64 / b.size as f64 - *share as f64 / parts as f64).abs()
+            })
+            .sum();
+        tv_sum += tv / 2.0;
+        batches += 1;
     }
     let (wall, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     // Stop the loader before the next row so its prefetching does not overlap the next measurement.
     drop(loader);
-    Rate { wall: samples as f64 / wall, per_cpu: samples as f64 / cpu.max(1e-3), cpu_util: cpu / wall }
+    let rate = Rate { wall: samples as f64 / wall, per_cpu: samples as f64 / cpu.max(1e-3), cpu_util: cpu / wall };
+    (rate, tv_sum / batches.max(1) as f64)
 }
 
 fn main() {
@@ -185,6 +243,22 @@ fn main() {
         }
     }
     println!("({cores} cores; the reader thread and Parquet decoding run next to the workers and are charged)");
+
+    // Batch mixing over one root of four labeler datasets written sorted: interleaving off, on, off, on
+    // (alternating, so load drifts hit both), 1 worker, 128 px.
+    let (name, w, h, crop, n, batch) = SETTINGS[0];
+    let (path, _) = ensure_shards_of(&out_dir.join(format!("train-shards-{name}-mixed")), w, h, n, true);
+    println!(
+        "\n| interleave_datasets | samples/s (wall) | samples per CPU-second | mean TV of a batch from the union |"
+    );
+    println!("|---|---|---|---|");
+    let mut mixing = Vec::new();
+    for interleave in [false, true, false, true] {
+        let (r, tv) = measure_with(&path, all_tasks(), crop, batch, 1, seconds, interleave);
+        println!("| {interleave} | {:.0} | {:.0} | {tv:.3} |", r.wall, r.per_cpu);
+        mixing.push(json!({"interleave": interleave, "samples_per_s": r.wall, "samples_per_cpu_s": r.per_cpu, "mean_tv": tv, "batch": batch}));
+    }
     let file = out_dir.join("train-loader-rust.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&json!({"cores": cores, "rows": rows})).unwrap()).unwrap();
+    std::fs::write(&file, serde_json::to_vec_pretty(&json!({"cores": cores, "rows": rows, "mixing": mixing})).unwrap())
+        .unwrap();
 }

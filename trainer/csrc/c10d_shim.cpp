@@ -71,15 +71,16 @@ extern "C" {
 
 void must_c10d_free_error(char* err) { free(err); }
 
-// Joins the group: rank 0 serves the TCPStore at addr:port, every rank connects to it. `nccl` selects
-// ProcessGroupNCCL (the build must have been made with it), otherwise Gloo over TCP.
-int must_c10d_init(const char* addr, int port, int rank, int world, int timeout_ms, int nccl, void** out,
-                   char** err) {
+// Joins the group: the TCPStore at addr:port is served by rank 0 when `serve` is set (otherwise it runs
+// already, e.g. torchrun's agent store), every rank connects to it. `nccl` selects ProcessGroupNCCL (the
+// build must have been made with it), otherwise Gloo over TCP.
+int must_c10d_init(const char* addr, int port, int rank, int world, int timeout_ms, int nccl, int serve,
+                   void** out, char** err) {
   try {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(port);
-    so.isServer = rank == 0;
+    so.isServer = rank == 0 && serve != 0;
     so.numWorkers = world;
     so.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(addr), so);

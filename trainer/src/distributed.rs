@@ -127,6 +127,7 @@ extern "C" {
         world: c_int,
         timeout_ms: c_int,
         nccl: c_int,
+        serve: c_int,
         out: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
@@ -196,6 +197,8 @@ impl ProcessGroup {
         };
         let addr = CString::new(world.master_addr.clone()).map_err(|e| join_err(e.to_string()))?;
         let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
+        // torchrun's agent already serves the store on MASTER_PORT (and says so); rank 0 serves it otherwise.
+        let agent_store = std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
         let mut out: *mut c_void = std::ptr::null_mut();
         let mut err: *mut c_char = std::ptr::null_mut();
         // SAFETY: pointers are valid for the call; the shim fills `out` or `err`.
@@ -207,6 +210,7 @@ impl ProcessGroup {
                 world.size as c_int,
                 timeout_ms,
                 c_int::from(device.is_cuda()),
+                c_int::from(!agent_store),
                 &mut out,
                 &mut err,
             )
