@@ -25,17 +25,6 @@ const STEPS: u64 = 9;
 /// Steps over which 1 and 2 processes are compared (see the module docs).
 const EQUAL_STEPS: u64 = 3;
 
-fn write_data(dir: &Path) -> (String, String) {
-    let rt = runtime();
-    let (a, loc_a) = local_root(dir, "a");
-    let (b, loc_b) = local_root(dir, "b");
-    rt.block_on(async {
-        write_dataset(&loc_a, "a", 40, 2, 64, 48, 8).await;
-        write_dataset(&loc_b, "b", 24, 1, 48, 64, 8).await;
-    });
-    (a, b)
-}
-
 /// Every task, two datasets (one without detection and depth, so ranks see different task mixes),
 /// uncertainty weighting, global batch 6 (3 per rank at 2 ranks).
 fn config_text(a: &str, b: &str, out: &Path, sync_bn: bool, steps: u64) -> String {
@@ -134,20 +123,9 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn model_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let loaded = trainer::checkpoint::load(run).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = loaded
-        .model
-        .into_iter()
-        .map(|(n, t)| (n, Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Largest |a − b| / (1 + |b|) over every weight and buffer of two runs' newest checkpoints.
 fn max_weight_difference(a: &Path, b: &Path) -> (f64, String) {
-    let (ta, tb) = (model_tensors(a), model_tensors(b));
+    let (ta, tb) = (checkpoint_tensors(a), checkpoint_tensors(b));
     assert_eq!(ta.len(), tb.len());
     let mut worst = (0.0f64, String::new());
     for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
@@ -184,7 +162,7 @@ fn assert_close_losses(got: &[(u64, f64)], want: &[(u64, f64)], what: &str) {
 fn two_ranks_match_one_process_and_survive_a_killed_rank() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (a, b) = write_data(d);
+    let (a, b) = write_two_datasets(d);
 
     // The first steps: one process with global batch 6, two with 3 each, synchronised batch norm.
     let single = d.join("single");
@@ -249,7 +227,7 @@ fn two_ranks_match_one_process_and_survive_a_killed_rank() {
 fn per_rank_batch_norm_trains() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (a, b) = write_data(d);
+    let (a, b) = write_two_datasets(d);
     let run = d.join("per-rank-bn");
     let cfg = write_config(d, "per-rank-bn", &config_text(&a, &b, &run, false, STEPS));
     wait_all(launch(&cfg, 2, d), d);

@@ -12,18 +12,6 @@ use trainer::config::{Overrides, TrainConfig};
 use trainer::metrics_log::read_metrics;
 use trainer::train::{self, RunOptions};
 
-/// Two datasets of full records (every task labelled), committed as shards under `dir`.
-fn write_data(dir: &Path) -> (String, String) {
-    let rt = runtime();
-    let (a, loc_a) = local_root(dir, "a");
-    let (b, loc_b) = local_root(dir, "b");
-    rt.block_on(async {
-        write_dataset(&loc_a, "a", 40, 2, 64, 48, 8).await;
-        write_dataset(&loc_b, "b", 24, 1, 48, 64, 8).await;
-    });
-    (a, b)
-}
-
 fn config_text(a: &str, b: &str, out: &Path, steps: u64) -> String {
     format!(
         r#"
@@ -87,20 +75,9 @@ fn train_losses(run: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn model_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let loaded = trainer::checkpoint::load(run).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = loaded
-        .model
-        .into_iter()
-        .map(|(n, t)| (n, Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Asserts two runs ended with bit-identical weights, naming the first tensor that differs.
 fn assert_same_model(a: &Path, b: &Path) {
-    let (ta, tb) = (model_tensors(a), model_tensors(b));
+    let (ta, tb) = (checkpoint_tensors(a), checkpoint_tensors(b));
     assert_eq!(ta.len(), tb.len());
     for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
         assert_eq!(na, nb);
@@ -111,7 +88,7 @@ fn assert_same_model(a: &Path, b: &Path) {
 #[test]
 fn a_resumed_run_repeats_the_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = write_data(dir.path());
+    let (a, b) = write_two_datasets(dir.path());
     let whole = dir.path().join("whole");
     let split = dir.path().join("split");
     let cfg = load(dir.path(), &config_text(&a, &b, &whole, 8));
@@ -147,7 +124,7 @@ fn trainer_bin() -> PathBuf {
 #[test]
 fn a_killed_trainer_process_resumes_to_the_same_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = write_data(dir.path());
+    let (a, b) = write_two_datasets(dir.path());
     let whole = dir.path().join("whole");
     let killed = dir.path().join("killed");
     let steps = 24;
@@ -198,7 +175,7 @@ fn run_bin(args: &[&str]) -> (bool, String) {
 #[test]
 fn the_binary_names_the_file_and_field_of_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = write_data(dir.path());
+    let (a, b) = write_two_datasets(dir.path());
     let out = dir.path().join("run");
     let file = dir.path().join("bad.toml");
     let file_s = file.to_str().unwrap();

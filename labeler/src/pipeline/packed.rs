@@ -61,6 +61,19 @@ pub(super) struct Sample {
     pub(super) side: SideMembers,
 }
 
+impl Sample {
+    /// The error row of a whole container (damage that belongs to no sample), keyed by its path.
+    fn container_error(key: &str, container: &str, reason: &'static str, detail: String) -> Sample {
+        Sample {
+            key: key.to_owned(),
+            uri: container.to_owned(),
+            origin: container.to_owned(),
+            bytes: Err((reason, detail)),
+            side: SideMembers::new(),
+        }
+    }
+}
+
 /// What a tar is searched for.
 pub(super) struct TarOptions<'a> {
     /// Image member extensions, in order of preference.
@@ -363,13 +376,7 @@ pub(super) fn read_tar(
             return Ok(());
         }
     }
-    let container_row = |reason: &'static str, detail: String| Sample {
-        key: key.to_owned(),
-        uri: container.clone(),
-        origin: container.clone(),
-        bytes: Err((reason, detail)),
-        side: SideMembers::new(),
-    };
+    let container_row = |reason: &'static str, detail: String| Sample::container_error(key, &container, reason, detail);
     if let Some((_, reason, detail)) = damage {
         emit(container_row(reason, detail))?;
     } else if samples == 0 {
@@ -577,13 +584,7 @@ pub(super) fn read_row_group(
 ) -> Result<(), PipelineError> {
     let key = entry.key.as_str();
     let container = loc.uri_of(&loc.child(key));
-    let container_row = |reason: &'static str, detail: String| Sample {
-        key: key.to_owned(),
-        uri: container.clone(),
-        origin: container.clone(),
-        bytes: Err((reason, detail)),
-        side: SideMembers::new(),
-    };
+    let container_row = |reason: &'static str, detail: String| Sample::container_error(key, &container, reason, detail);
     let group = entry.row_group.unwrap_or(0) as usize;
     let (reader, meta) = match rt.block_on(open_parquet(loc, key, entry.size, retry))? {
         Ok(opened) => opened,

@@ -183,3 +183,28 @@ pub fn with_metadata(batch: &RecordBatch, key: &str, value: &str) -> RecordBatch
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
     RecordBatch::try_new(schema, batch.columns().to_vec()).unwrap()
 }
+
+/// Two datasets of full records under `dir`, as the training-run tests use them: `a` (40 images of
+/// 64×48 in 2 shards) and `b` (24 of 48×64 in 1 shard), row groups of 8; returns their locations.
+pub fn write_two_datasets(dir: &std::path::Path) -> (String, String) {
+    let rt = runtime();
+    let (a, loc_a) = local_root(dir, "a");
+    let (b, loc_b) = local_root(dir, "b");
+    rt.block_on(async {
+        write_dataset(&loc_a, "a", 40, 2, 64, 48, 8).await;
+        write_dataset(&loc_b, "b", 24, 1, 48, 64, 8).await;
+    });
+    (a, b)
+}
+
+/// Every tensor of the newest checkpoint of `run`, by name, as f32 values.
+pub fn checkpoint_tensors(run: &std::path::Path) -> Vec<(String, Vec<f32>)> {
+    let loaded = trainer::checkpoint::load(run).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = loaded
+        .model
+        .into_iter()
+        .map(|(n, t)| (n, Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
