@@ -394,6 +394,9 @@ pub struct RunSettings {
     /// 640×480 benchmark this made the whole pipeline 25% faster than sleeping threads although the spinning
     /// takes CPU from decoding (BENCHMARKS.md); turn it off when other processes need the cores.
     pub spin_wait: bool,
+    /// Where the per-pixel and per-class post-processing runs: `"device"` (an ONNX Runtime graph on the
+    /// teacher's execution provider; only compact results cross to the host) or `"host"` (Rust code).
+    pub postprocess: crate::runtime::Postprocess,
     /// Threads decoding and resizing images.
     pub decode_threads: usize,
     /// Concurrent object fetches.
@@ -443,6 +446,7 @@ impl Default for RunSettings {
             inference_workers: 1,
             intra_threads: cores,
             spin_wait: true,
+            postprocess: crate::runtime::Postprocess::Device,
             decode_threads: cores,
             fetch_concurrency: 32,
             chunk_images: 64,
@@ -695,6 +699,7 @@ impl LabelConfig {
             provider: self.run.provider,
             intra_threads: self.run.intra_threads,
             spin_wait: self.run.spin_wait,
+            postprocess: self.run.postprocess,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod engine;
 pub mod labels;
 pub mod pipeline;
+pub mod postgraph;
 pub mod postprocess;
 pub mod preprocess;
 pub mod render;

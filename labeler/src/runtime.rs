@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 
 /// Execution providers the labeler can ask for.
@@ -81,6 +81,18 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
     result.as_ref().map_err(|e| RuntimeError::Environment(e.clone()))
 }
 
+/// Where teachers' per-pixel and per-class post-processing runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Postprocess {
+    /// In a small ONNX Runtime graph on the teacher's execution provider (`crate::postgraph`): only the
+    /// compact result (class map, probabilities) crosses to the host.
+    #[default]
+    Device,
+    /// In the labeler's own Rust code on the host, from the teacher's full outputs.
+    Host,
+}
+
 /// How each teacher's session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSettings {
@@ -90,25 +102,33 @@ pub struct SessionSettings {
     /// Let idle intra-op threads busy-wait for the next parallel section (ONNX Runtime's default). Off, they
     /// sleep and leave the cores to other work, at some cost in inference throughput.
     pub spin_wait: bool,
+    /// Where post-processing runs.
+    pub postprocess: Postprocess,
 }
 
 impl SessionSettings {
-    /// CPU, `threads` intra-op threads, ONNX Runtime's default busy-waiting.
+    /// CPU, `threads` intra-op threads, ONNX Runtime's default busy-waiting, post-processing in graphs.
     pub fn cpu(threads: usize) -> Self {
-        Self { provider: Provider::Cpu, intra_threads: threads, spin_wait: true }
+        Self { provider: Provider::Cpu, intra_threads: threads, spin_wait: true, postprocess: Postprocess::Device }
     }
 }
 
 /// Build a session for `model` with the given settings.
 pub fn session(teacher: &str, model: &Path, settings: &SessionSettings) -> Result<Session, RuntimeError> {
+    builder(teacher, model, settings)?.commit_from_file(model).map_err(|e| session_error(teacher, model, e))
+}
+
+fn session_error(teacher: &str, model: &Path, e: ort::Error) -> RuntimeError {
+    RuntimeError::Session { teacher: teacher.to_owned(), path: model.to_owned(), message: e.to_string() }
+}
+
+/// A session builder with the given settings (threads, spinning, execution provider) for `teacher`'s
+/// model, or for a graph built in memory for it (`model` then names it in errors).
+pub fn builder(teacher: &str, model: &Path, settings: &SessionSettings) -> Result<SessionBuilder, RuntimeError> {
     let (provider, threads) = (settings.provider, settings.intra_threads);
     let env = environment()?;
-    let fail = |e: ort::Error| RuntimeError::Session {
-        teacher: teacher.to_owned(),
-        path: model.to_owned(),
-        message: e.to_string(),
-    };
-    let mut builder = Session::builder(env)
+    let fail = |e: ort::Error| session_error(teacher, model, e);
+    let builder = Session::builder(env)
         .map_err(fail)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| fail(e.into()))?
@@ -116,18 +136,15 @@ pub fn session(teacher: &str, model: &Path, settings: &SessionSettings) -> Resul
         .map_err(|e| fail(e.into()))?
         .with_intra_op_spinning(settings.spin_wait)
         .map_err(|e| fail(e.into()))?;
-    builder = match provider {
+    let missing =
+        |e: ort::Error| RuntimeError::ProviderMissing { teacher: teacher.to_owned(), provider, message: e.to_string() };
+    Ok(match provider {
         Provider::Cpu => builder,
-        Provider::Cuda => {
-            builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()]).map_err(|e| {
-                RuntimeError::ProviderMissing { teacher: teacher.to_owned(), provider, message: e.to_string() }
-            })?
-        }
-        Provider::Tensorrt => {
-            builder.with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()]).map_err(
-                |e| RuntimeError::ProviderMissing { teacher: teacher.to_owned(), provider, message: e.to_string() },
-            )?
-        }
-    };
-    builder.commit_from_file(model).map_err(fail)
+        Provider::Cuda => builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| missing(e.into()))?,
+        Provider::Tensorrt => builder
+            .with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()])
+            .map_err(|e| missing(e.into()))?,
+    })
 }

@@ -136,8 +136,9 @@ pub struct RawTeacher {
     /// Added to the model's label ids to get a class index (torchvision: -1, since 0 is background).
     pub label_offset: Option<i64>,
     pub depth_kind: Option<DepthKind>,
-    /// Class names; their number must match the model's class axis.
-    pub classes: Option<Vec<String>>,
+    /// Class names, or only their number (`classes = 1000` names them "0".."999"); the number must
+    /// match the model's class axis.
+    pub classes: Option<Classes>,
     /// Segmentation multi-scale inference: scales applied to the input size, probabilities averaged.
     pub scales: Option<Vec<f32>>,
     /// Per-teacher threshold overrides.
@@ -146,6 +147,24 @@ pub struct RawTeacher {
     pub nms_iou: Option<f32>,
     pub seg_threshold: Option<f32>,
     pub max_detections: Option<usize>,
+}
+
+/// A teacher's classes as written: their names in the model's order, or just how many there are.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Classes {
+    Names(Vec<String>),
+    Count(usize),
+}
+
+impl Classes {
+    /// The class names ("0", "1", ... for a bare count).
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Classes::Names(names) => names.clone(),
+            Classes::Count(n) => (0..*n).map(|i| i.to_string()).collect(),
+        }
+    }
 }
 
 /// A validated teacher spec.
@@ -416,9 +435,12 @@ impl TeacherSpec {
                 format!("not a role of a {} teacher (roles: {})", task.name(), required.join(", ")),
             ));
         }
-        let classes = pick!(classes).unwrap_or_default();
+        let classes = pick!(classes).map(|c| c.names()).unwrap_or_default();
         if task != Task::Depth && classes.is_empty() {
-            return Err(err("classes", "missing: list the class names in the model's class order".into()));
+            return Err(err(
+                "classes",
+                "missing: list the class names in the model's class order, or give their number".into(),
+            ));
         }
         let scales = pick!(scales).unwrap_or_else(|| vec![1.0]);
         if scales.is_empty() || scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s <= 4.0)) {

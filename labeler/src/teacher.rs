@@ -420,6 +420,27 @@ impl Teacher {
             }
             Task::Seg => {
                 let [bh, bw] = input_size_for(spec, img_w, img_h, 1.0);
+                for (o, _) in &outs {
+                    match o {
+                        ScaleOutput::Dense { data, .. } if !postprocess::all_finite(data) => {
+                            return Err(post("non-finite segmentation scores".into()))
+                        }
+                        ScaleOutput::Dense { .. } => {}
+                        _ => return Err(post("unexpected output".into())),
+                    }
+                }
+                // One scale whose output is the mask's grid: straight from the logits, no probability planes.
+                if let [(ScaleOutput::Dense { data, h: oh, w: ow }, t)] = outs.as_slice() {
+                    let (gw, gh) = base_grid(spec, *t, bw, bh);
+                    if spec.output_kind == ScoreKind::Logits
+                        && data.len() == nc * oh * ow
+                        && (gw, gh) == (*ow, *oh)
+                        && covers_output(t, *ow, *oh)
+                    {
+                        let mask = postprocess::mask_from_logits(data, nc, spec.seg_threshold);
+                        return Ok(Prediction::Segmentation { height: gh, width: gw, mask });
+                    }
+                }
                 // The base grid is the scale-1 input region showing the image.
                 let mut acc: Option<(Vec<f32>, usize, usize)> = None;
                 let n_scales = outs.len() as f32;
@@ -435,10 +456,7 @@ impl Teacher {
                         postprocess::softmax_planes(&mut data, nc);
                     }
                     // Output may be at a stride of the input: map the content rect into output pixels.
-                    let (rect, _, _) = postprocess::dense_grid(&t);
-                    let sx = ow as f32 / t.width as f32;
-                    let sy = oh as f32 / t.height as f32;
-                    let r = [rect[0] * sx, rect[1] * sy, rect[2] * sx, rect[3] * sy];
+                    let r = output_rect(&t, ow, oh);
                     let (_, gw, gh) = acc.as_ref().map(|a| (0, a.1, a.2)).unwrap_or_else(|| {
                         let base = base_grid(spec, t, bw, bh);
                         (0, base.0, base.1)
@@ -464,10 +482,7 @@ impl Teacher {
                 if data.iter().any(|v| !v.is_finite()) {
                     return Err(post("non-finite depth values".into()));
                 }
-                let (rect, _, _) = postprocess::dense_grid(&t);
-                let sx = ow as f32 / t.width as f32;
-                let sy = oh as f32 / t.height as f32;
-                let r = [rect[0] * sx, rect[1] * sy, rect[2] * sx, rect[3] * sy];
+                let r = output_rect(&t, ow, oh);
                 let gw = ((r[2] - r[0]).round() as usize).max(1);
                 let gh = ((r[3] - r[1]).round() as usize).max(1);
                 let values =
@@ -476,6 +491,22 @@ impl Teacher {
             }
         }
     }
+}
+
+/// The part of a dense output (`ow`×`oh`, possibly at a stride of the input) that shows the image, in
+/// output pixels.
+fn output_rect(t: &preprocess::Transform, ow: usize, oh: usize) -> [f32; 4] {
+    let (rect, _, _) = postprocess::dense_grid(t);
+    let sx = ow as f32 / t.width as f32;
+    let sy = oh as f32 / t.height as f32;
+    [rect[0] * sx, rect[1] * sy, rect[2] * sx, rect[3] * sy]
+}
+
+/// Whether the image fills the whole `ow`×`oh` output (no letterbox bars to crop away).
+fn covers_output(t: &preprocess::Transform, ow: usize, oh: usize) -> bool {
+    let r = output_rect(t, ow, oh);
+    let close = |a: f32, b: f32| (a - b).abs() < 1e-3;
+    close(r[0], 0.0) && close(r[1], 0.0) && close(r[2], ow as f32) && close(r[3], oh as f32)
 }
 
 /// The scale-1 grid size of the region showing the image, in input pixels.

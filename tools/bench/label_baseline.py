@@ -73,6 +73,11 @@ PRESETS = {
         task="detection", layout="chw", batch=1, resize={"kind": "original"}, mean=[0.0] * 3, std=[1.0] * 3,
         label_offset=-1,
     ),
+    # Same conventions, outputs in the order boxes, scores, labels (roles are read by dtype and rank).
+    "torchvision-retinanet": dict(
+        task="detection", layout="chw", batch=1, resize={"kind": "original"}, mean=[0.0] * 3, std=[1.0] * 3,
+        label_offset=-1,
+    ),
     "midas-small": dict(
         task="depth", layout="nchw", batch=1, input_size=[256, 256], resize={"kind": "stretch"},
         filter="bicubic", mean=[0.0] * 3, std=[1.0] * 3,
@@ -270,7 +275,8 @@ class Teacher:
 
     def detect(self, images):
         out = []
-        classes = len(self.spec["classes"])
+        classes = self.spec["classes"]
+        classes = classes if isinstance(classes, int) else len(classes)  # a count, or the names
         for img in images:
             w, h = img.size
             t = time.perf_counter()
