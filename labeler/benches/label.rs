@@ -32,6 +32,7 @@ use serde_json::json;
 use shards::ShardId;
 
 fn main() -> Result<()> {
+    labeler::runtime::limit_malloc_arenas();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let value =
         |flag: &str| -> Option<String> { args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned() };

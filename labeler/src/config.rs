@@ -395,7 +395,8 @@ pub struct RunSettings {
     /// takes CPU from decoding (BENCHMARKS.md); turn it off when other processes need the cores.
     pub spin_wait: bool,
     /// Where the per-pixel and per-class post-processing runs: `"device"` (an ONNX Runtime graph on the
-    /// teacher's execution provider; only compact results cross to the host) or `"host"` (Rust code).
+    /// teacher's execution provider; only compact results cross to the host), `"host"` (the labeler's
+    /// vectorised Rust), or `"auto"` (device on a GPU provider, host on the CPU provider).
     pub postprocess: crate::runtime::Postprocess,
     /// Threads decoding and resizing images.
     pub decode_threads: usize,
@@ -446,14 +447,14 @@ impl Default for RunSettings {
             inference_workers: 1,
             intra_threads: cores,
             spin_wait: true,
-            postprocess: crate::runtime::Postprocess::Device,
+            postprocess: crate::runtime::Postprocess::Auto,
             decode_threads: cores,
             fetch_concurrency: 32,
             chunk_images: 64,
             queue_chunks: 2,
             fetched_bytes_in_flight: 512 << 20,
-            decoded_bytes_in_flight: 1 << 30,
-            row_group_rows: 256,
+            decoded_bytes_in_flight: 128 << 20,
+            row_group_rows: 128,
             file_rows: 8192,
             file_bytes: 256 << 20,
             store_images: true,

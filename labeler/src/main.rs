@@ -309,6 +309,7 @@ fn ranges(ks: &[u64]) -> String {
 }
 
 fn main() -> ExitCode {
+    labeler::runtime::limit_malloc_arenas();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MUST_LOG").unwrap_or_else(|_| "info,ort=warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -286,11 +286,12 @@ impl PostGraph {
         teacher: &str,
         settings: &SessionSettings,
         shape: GraphShape,
-        model: BuildResult<Model>,
+        model: impl FnOnce() -> BuildResult<Model>,
     ) -> Result<Self, PostGraphError> {
         let name = Path::new("<post-processing graph>");
         let build = |e: ort::Error| PostGraphError::Build { teacher: teacher.to_owned(), message: e.to_string() };
-        let model = model.map_err(build)?;
+        runtime::environment()?; // the editor API needs the library loaded
+        let model = model().map_err(build)?;
         let session = model.into_session(&runtime::builder(teacher, name, settings)?).map_err(build)?;
         Ok(Self { session, shape })
     }
@@ -302,7 +303,7 @@ impl PostGraph {
         kind: ScoreKind,
         temperature: f32,
     ) -> Result<Self, PostGraphError> {
-        Self::build(teacher, settings, GraphShape::Classification, classification_model(kind, temperature))
+        Self::build(teacher, settings, GraphShape::Classification, || classification_model(kind, temperature))
     }
 
     /// The segmentation graph of a teacher with `scales` inference scales; `resize` when an output must be
@@ -316,12 +317,12 @@ impl PostGraph {
         threshold: f32,
     ) -> Result<Self, PostGraphError> {
         let shape = GraphShape::Segmentation { scales, resize };
-        Self::build(teacher, settings, shape, segmentation_model(scales, resize, kind, threshold))
+        Self::build(teacher, settings, shape, || segmentation_model(scales, resize, kind, threshold))
     }
 
     /// The depth resampling graph for a depth output of `rank` 3 (`[B, H, W]`) or 4 (`[B, 1, H, W]`).
     pub fn depth(teacher: &str, settings: &SessionSettings, rank: usize) -> Result<Self, PostGraphError> {
-        Self::build(teacher, settings, GraphShape::Depth, depth_model(rank))
+        Self::build(teacher, settings, GraphShape::Depth, || depth_model(rank))
     }
 
     /// What this graph takes and gives.

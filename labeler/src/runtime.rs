@@ -85,9 +85,12 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Postprocess {
+    /// On the device with a GPU provider, on the host with the CPU provider (where the host loops are the
+    /// faster of the two).
+    #[default]
+    Auto,
     /// In a small ONNX Runtime graph on the teacher's execution provider (`crate::postgraph`): only the
     /// compact result (class map, probabilities) crosses to the host.
-    #[default]
     Device,
     /// In the labeler's own Rust code on the host, from the teacher's full outputs.
     Host,
@@ -107,9 +110,9 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
-    /// CPU, `threads` intra-op threads, ONNX Runtime's default busy-waiting, post-processing in graphs.
+    /// CPU, `threads` intra-op threads, ONNX Runtime's default busy-waiting, post-processing where it is faster.
     pub fn cpu(threads: usize) -> Self {
-        Self { provider: Provider::Cpu, intra_threads: threads, spin_wait: true, postprocess: Postprocess::Device }
+        Self { provider: Provider::Cpu, intra_threads: threads, spin_wait: true, postprocess: Postprocess::Auto }
     }
 }
 
@@ -147,4 +150,17 @@ pub fn builder(teacher: &str, model: &Path, settings: &SessionSettings) -> Resul
             .with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()])
             .map_err(|e| missing(e.into()))?,
     })
+}
+
+/// At most two glibc malloc arenas (call first thing in a binary's `main`). By default glibc gives each
+/// thread that allocates concurrently its own arena (up to 8 per core) and keeps freed chunk buffers in
+/// them; with a thread per pipeline stage plus decode and ONNX Runtime pools that held hundreds of MB
+/// (BENCHMARKS.md, labeler memory).
+#[allow(unsafe_code)] // one libc call, no memory is touched
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; meant to be called first thing in `main`.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

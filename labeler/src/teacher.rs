@@ -8,17 +8,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fast_image_resize::Resizer;
 use image::RgbImage;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
+use crate::postgraph::{Held, PostGraph, PostGraphError};
 use crate::postprocess;
 use crate::preprocess::{self, input_size_for, Resized};
-use crate::runtime::{self, RuntimeError, SessionSettings};
+use crate::runtime::{self, Postprocess, Provider, RuntimeError, SessionSettings};
 use crate::spec::{Batch, DetectionFormat, Layout, OutputRef, Resize, ScoreKind, Task, TeacherSpec};
 use schemas::DetBox;
 
@@ -55,6 +58,8 @@ pub enum TeacherError {
     },
     #[error("teacher {teacher:?}: inference failed: {message}")]
     Inference { teacher: String, message: String },
+    #[error(transparent)]
+    PostGraph(#[from] PostGraphError),
 }
 
 /// A teacher ready to run.
@@ -70,6 +75,24 @@ pub struct Teacher {
     session_runs: u64,
     /// Benchmarks only: per (images, height, width), the outputs of the first run, reused for later batches.
     replay: Option<HashMap<(usize, usize, usize), Vec<ScaleOutput>>>,
+    /// Post-processing on the teacher's provider (`None`: on the host, in `Teacher::finish`).
+    device: Option<DevicePost>,
+}
+
+/// A teacher's post-processing graphs, built on first use per form, and where its outputs are kept.
+struct DevicePost {
+    settings: SessionSettings,
+    /// Memory the teacher's output is bound to: the provider's device, so it stays there for the graph.
+    memory: MemoryInfo<'static>,
+    /// Graphs by form: classification, or segmentation/depth with and without resampling.
+    graphs: HashMap<GraphForm, PostGraph>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum GraphForm {
+    Classification,
+    Segmentation { resize: bool },
+    Depth { rank: usize },
 }
 
 fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
@@ -98,6 +121,10 @@ impl Teacher {
         let session = runtime::session(&spec.name, &spec.model, settings)?;
         let file = spec_file.display().to_string();
         let (input_name, outputs) = check(spec, &file, &session)?;
+        let device = device_post(spec, settings).map_err(|e| TeacherError::Inference {
+            teacher: spec.name.clone(),
+            message: format!("device memory for post-processing: {e}"),
+        })?;
         Ok(Self {
             spec: spec.clone(),
             session,
@@ -108,7 +135,14 @@ impl Teacher {
             session_time: Duration::ZERO,
             session_runs: 0,
             replay: None,
+            device,
         })
+    }
+
+    /// Whether this teacher's post-processing runs in graphs on its provider (`[run] postprocess`, and
+    /// the teacher's task and resize allow it).
+    pub fn postprocess_on_device(&self) -> bool {
+        self.device.is_some()
     }
 
     /// The validated spec.
@@ -186,28 +220,45 @@ impl Teacher {
                 None => outs.push(Ok(Vec::with_capacity(n_scales))),
             }
         }
-        // Every batch to run: images that share a scale and an input size (all of them, unless the resize
-        // keeps aspect), in chunks of the model's batch.
+        // Units: images that share their first scale's input size, a model batch at a time. A unit runs at
+        // every scale before the next unit starts, so only one unit's outputs are held for the device
+        // post-processing. Within a unit, each scale's images are batched by input size (all of them,
+        // unless the resize keeps aspect).
         let batch = self.spec.batch.size();
-        let mut jobs: Vec<(usize, usize, usize, Vec<usize>)> = Vec::new();
-        for scale in 0..n_scales {
-            let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-            for (i, (_, input)) in items.iter().enumerate() {
-                if let (Ok(_), Ok(r)) = (&outs[i], &input.scales[scale]) {
-                    groups.entry((r.transform.height, r.transform.width)).or_default().push(i);
-                }
+        let size_at = |i: usize, scale: usize| -> Option<(u32, u32)> {
+            match (&outs[i], &items[i].1.scales[scale]) {
+                (Ok(_), Ok(r)) => Some((r.transform.height, r.transform.width)),
+                _ => None,
             }
-            for ((h, w), members) in groups {
-                for chunk in members.chunks(batch) {
-                    jobs.push((scale, h as usize, w as usize, chunk.to_vec()));
+        };
+        let mut units: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+        for i in 0..items.len() {
+            if let Some(size) = size_at(i, 0) {
+                units.entry(size).or_default().push(i);
+            }
+        }
+        // (unit, scale, height, width, images)
+        let mut jobs: Vec<(usize, usize, usize, usize, Vec<usize>)> = Vec::new();
+        for (unit, members) in units.values().flat_map(|m| m.chunks(batch)).enumerate() {
+            for scale in 0..n_scales {
+                let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+                for &i in members {
+                    if let Some(size) = size_at(i, scale) {
+                        groups.entry(size).or_default().push(i);
+                    }
+                }
+                for ((h, w), group) in groups {
+                    for chunk in group.chunks(batch) {
+                        jobs.push((unit, scale, h as usize, w as usize, chunk.to_vec()));
+                    }
                 }
             }
         }
         // The next batch's tensor is filled on a helper thread while the model runs on this one, so the
         // session waits for no host work when a core is free.
         let spec = self.spec.clone();
-        let tensor_for = |job: &(usize, usize, usize, Vec<usize>)| {
-            let (scale, h, w, members) = job;
+        let tensor_for = |job: &(usize, usize, usize, usize, Vec<usize>)| {
+            let (_, scale, h, w, members) = job;
             let refs: Vec<(&RgbImage, &Resized)> =
                 members.iter().map(|&i| (items[i].0, items[i].1.scales[*scale].as_ref().expect("grouped"))).collect();
             batch_tensor(&spec, &refs, *h, *w)
@@ -224,7 +275,10 @@ impl Teacher {
                     }
                 }
             });
-            for (scale, h, w, members) in jobs {
+            // Dense outputs are finished per unit, here: only a unit's worth of them is ever held.
+            let dense = matches!(self.spec.task, Task::Seg | Task::Depth);
+            let mut unit_members: Vec<usize> = Vec::new();
+            for (k, (unit, scale, h, w, members)) in jobs.iter().enumerate() {
                 let (shape, data) = ready.recv().expect("the batch tensor helper stopped early");
                 let transforms: Vec<preprocess::Transform> =
                     members.iter().map(|&i| items[i].1.scales[*scale].as_ref().expect("grouped").transform).collect();
@@ -232,6 +286,28 @@ impl Teacher {
                 for (&i, o) in members.iter().zip(got) {
                     if let Ok(v) = &mut outs[i] {
                         v.push(o);
+                    }
+                }
+                if !dense {
+                    continue;
+                }
+                if *scale == 0 {
+                    unit_members.extend(members);
+                }
+                if jobs.get(k + 1).is_none_or(|next| next.0 != *unit) {
+                    // The unit ran at every scale: its held outputs become labels and are released.
+                    for i in unit_members.drain(..) {
+                        if let Ok(v) = &mut outs[i] {
+                            let (width, height) = (items[i].1.width, items[i].1.height);
+                            let t = v[0].1;
+                            let done = if self.device.is_some() {
+                                self.finish_held(width, height, v)?
+                            } else {
+                                let raw = RawOutput { width, height, scales: std::mem::take(v) };
+                                ScaleOutput::Final(Teacher::finish(&self.spec, raw).map_err(|f| f.detail))
+                            };
+                            *v = vec![(done, t)];
+                        }
                     }
                 }
             }
@@ -266,6 +342,7 @@ impl Teacher {
                 out
             }
         };
+        let out = if self.device.is_some() && self.spec.task == Task::Cls { self.classify_held(out)? } else { out };
         Ok(out.into_iter().zip(transforms.iter().copied()).collect())
     }
 
@@ -278,6 +355,9 @@ impl Teacher {
         n: usize,
     ) -> Result<Vec<ScaleOutput>, TeacherError> {
         let tensor = Tensor::from_array((shape, data)).map_err(|e| self.fail(e))?;
+        if self.device.is_some() {
+            return self.run_session_held(tensor, n);
+        }
         let input_name = self.input_name.clone();
         let outputs = self.outputs.clone();
         let task = self.spec.task;
@@ -368,12 +448,124 @@ impl Teacher {
         Ok(out)
     }
 
+    /// Run the model for device post-processing: its one output that the graph reads is bound to the
+    /// provider's memory (on a GPU it never comes to the host) and held, whole, for each of the `n` images.
+    fn run_session_held(&mut self, tensor: Tensor<f32>, n: usize) -> Result<Vec<ScaleOutput>, TeacherError> {
+        let role = match self.spec.task {
+            Task::Depth => "depth",
+            _ => "scores",
+        };
+        let name = self.outputs[role].clone();
+        let fail = |e: ort::Error| TeacherError::Inference { teacher: self.spec.name.clone(), message: e.to_string() };
+        let memory = &self.device.as_ref().expect("device post-processing").memory;
+        let mut binding = self.session.create_binding().map_err(fail)?;
+        binding.bind_input(self.input_name.as_str(), &tensor).map_err(fail)?;
+        binding.bind_output_to_device(name.as_str(), memory).map_err(fail)?;
+        let started = Instant::now();
+        let mut outputs = self.session.run_binding(&binding).map_err(fail)?;
+        self.session_time += started.elapsed();
+        self.session_runs += 1;
+        let value = outputs.remove(name.as_str()).ok_or_else(|| TeacherError::Inference {
+            teacher: self.spec.name.clone(),
+            message: format!("no output {name:?}"),
+        })?;
+        drop(outputs);
+        let value = Arc::new(value);
+        Ok((0..n).map(|row| ScaleOutput::Held { value: value.clone(), row }).collect())
+    }
+
+    /// Classification with device post-processing: one graph run per batch turns the held scores into
+    /// class distributions (also for replayed outputs, so a benchmark still counts this work).
+    fn classify_held(&mut self, out: Vec<ScaleOutput>) -> Result<Vec<ScaleOutput>, TeacherError> {
+        let Some(ScaleOutput::Held { value, .. }) = out.first() else { return Ok(out) };
+        let value = value.clone();
+        let nc = self.spec.classes.len();
+        let graph =
+            self.device.as_mut().expect("device post-processing").graph(&self.spec, GraphForm::Classification)?;
+        let (probs, finite) = graph.classify(&value)?;
+        let k = probs.len() / finite.len().max(1);
+        Ok(out
+            .into_iter()
+            .map(|o| {
+                let ScaleOutput::Held { row, .. } = o else { return o };
+                ScaleOutput::Final(if k != nc {
+                    Err(format!("{k} class scores for {nc} classes"))
+                } else if !finite[row] {
+                    Err("non-finite class scores".into())
+                } else {
+                    Ok(Prediction::Classification(probs[row * k..(row + 1) * k].to_vec()))
+                })
+            })
+            .collect())
+    }
+
+    /// Segmentation and depth with device post-processing: one image's held outputs (one per scale) →
+    /// its finished label.
+    fn finish_held(
+        &mut self,
+        img_w: u32,
+        img_h: u32,
+        scales: &[(ScaleOutput, preprocess::Transform)],
+    ) -> Result<ScaleOutput, TeacherError> {
+        let mut held = Vec::with_capacity(scales.len());
+        let mut dims = Vec::with_capacity(scales.len());
+        for (o, _) in scales {
+            let ScaleOutput::Held { value, row } = o else { return Err(self.fail("output not held for the device")) };
+            let shape = value.shape().to_vec();
+            let (h, w) = (shape[shape.len() - 2] as usize, shape[shape.len() - 1] as usize);
+            held.push(Held { value: value.as_ref(), row: *row });
+            dims.push((shape.len(), h, w));
+        }
+        let spec = self.spec.clone();
+        let device = self.device.as_mut().expect("device post-processing");
+        let t = scales[0].1;
+        match spec.task {
+            Task::Seg => {
+                let nc = spec.classes.len();
+                let [bh, bw] = input_size_for(&spec, img_w, img_h, 1.0);
+                let (gw, gh) = base_grid(&spec, t, bw, bh);
+                if let Some(bad) = held.iter().find(|h| h.value.shape().get(1) != Some(&(nc as i64))) {
+                    let c = bad.value.shape().get(1).copied().unwrap_or(0);
+                    return Ok(ScaleOutput::Final(Err(format!("{c} class planes for {nc} classes"))));
+                }
+                let resize = dims.iter().any(|&(_, h, w)| (h, w) != (gh, gw));
+                let graph = device.graph(&spec, GraphForm::Segmentation { resize })?;
+                Ok(ScaleOutput::Final(match graph.segment(&held, resize.then_some((gh, gw)))? {
+                    Some((mask, height, width)) => Ok(Prediction::Segmentation { height, width, mask }),
+                    None => Err("non-finite segmentation scores".into()),
+                }))
+            }
+            _ => {
+                let (rank, oh, ow) = dims[0];
+                let r = output_rect(&t, ow, oh);
+                let gw = ((r[2] - r[0]).round() as usize).max(1);
+                let gh = ((r[3] - r[1]).round() as usize).max(1);
+                let values = if (gw, gh) == (ow, oh) {
+                    // The output is the image's grid: no graph, only the row to copy.
+                    let (_, data) = held[0].value.try_extract_tensor::<f32>().map_err(|e| self.fail(e))?;
+                    let row = &data[held[0].row * oh * ow..(held[0].row + 1) * oh * ow];
+                    postprocess::all_finite(row).then(|| row.to_vec())
+                } else {
+                    device.graph(&spec, GraphForm::Depth { rank })?.resample_depth(held.remove(0), (gh, gw))?
+                };
+                Ok(ScaleOutput::Final(match values {
+                    Some(values) => Ok(Prediction::Depth { height: gh, width: gw, values }),
+                    None => Err("non-finite depth values".into()),
+                }))
+            }
+        }
+    }
+
     /// Post-process one image's raw outputs into its pseudo label (soft distribution, thresholded boxes,
     /// mask with the ignore label, depth map). Needs only the spec, so it can run on any thread.
     pub fn finish(spec: &TeacherSpec, raw: RawOutput) -> Result<Prediction, ImageFailure> {
         let RawOutput { width: img_w, height: img_h, scales: outs } = raw;
         let nc = spec.classes.len();
         let post = |detail: String| ImageFailure { stage: "postprocess", reason: "invalid_output", detail };
+        if let Some((ScaleOutput::Final(_), _)) = outs.first() {
+            let Some((ScaleOutput::Final(done), _)) = outs.into_iter().next() else { unreachable!() };
+            return done.map_err(post);
+        }
         match spec.task {
             Task::Cls => {
                 let (o, _) = outs.into_iter().next().ok_or_else(|| post("no output".into()))?;
@@ -493,6 +685,60 @@ impl Teacher {
     }
 }
 
+/// The device post-processing of `spec` under `settings`, or `None` when it runs on the host: when asked
+/// (`postprocess = "host"`, or `"auto"` on the CPU provider, where the labeler's vectorised loops measured
+/// faster than ONNX Runtime's kernels for these reductions: BENCHMARKS.md), for detection (its outputs are
+/// already compact) and for letterboxed dense teachers (their outputs are cropped to the image's region
+/// first, which the host does).
+fn device_post(spec: &TeacherSpec, settings: &SessionSettings) -> Result<Option<DevicePost>, ort::Error> {
+    let dense_letterbox =
+        matches!(spec.task, Task::Seg | Task::Depth) && matches!(spec.resize, Resize::Letterbox { .. });
+    let on_host = match settings.postprocess {
+        Postprocess::Host => true,
+        Postprocess::Auto => settings.provider == Provider::Cpu,
+        Postprocess::Device => false,
+    };
+    if on_host || spec.task == Task::Det || dense_letterbox {
+        return Ok(None);
+    }
+    let device = match settings.provider {
+        Provider::Cpu => AllocationDevice::CPU,
+        Provider::Cuda | Provider::Tensorrt => AllocationDevice::CUDA,
+    };
+    let memory = MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::Default)?;
+    // On the CPU the graphs run on the calling thread: their work is small next to a teacher's, and idle
+    // intra-op threads spinning after each of the many small runs would cost more than they save.
+    let settings = match settings.provider {
+        Provider::Cpu => SessionSettings { intra_threads: 1, spin_wait: false, ..*settings },
+        _ => *settings,
+    };
+    Ok(Some(DevicePost { settings, memory, graphs: HashMap::new() }))
+}
+
+impl DevicePost {
+    fn graph(&mut self, spec: &TeacherSpec, form: GraphForm) -> Result<&mut PostGraph, PostGraphError> {
+        if !self.graphs.contains_key(&form) {
+            let (name, settings) = (&spec.name, &self.settings);
+            let graph = match form {
+                GraphForm::Classification => {
+                    PostGraph::classification(name, settings, spec.output_kind, spec.temperature)?
+                }
+                GraphForm::Segmentation { resize } => PostGraph::segmentation(
+                    name,
+                    settings,
+                    spec.scales.len(),
+                    resize,
+                    spec.output_kind,
+                    spec.seg_threshold,
+                )?,
+                GraphForm::Depth { rank } => PostGraph::depth(name, settings, rank)?,
+            };
+            self.graphs.insert(form, graph);
+        }
+        Ok(self.graphs.get_mut(&form).expect("inserted above"))
+    }
+}
+
 /// The part of a dense output (`ow`×`oh`, possibly at a stride of the input) that shows the image, in
 /// output pixels.
 fn output_rect(t: &preprocess::Transform, ow: usize, oh: usize) -> [f32; 4] {
@@ -588,11 +834,32 @@ pub struct RawOutput {
 /// Raw per-image output of one scale, before post-processing.
 #[derive(Debug, Clone)]
 enum ScaleOutput {
+    /// Device post-processing: the batch output the image's row is in, kept where the teacher left it
+    /// until the graph runs.
+    Held {
+        value: Arc<DynValue>,
+        row: usize,
+    },
+    /// Device post-processing: the finished label, or why the output was invalid.
+    Final(Result<Prediction, String>),
     Scores(Vec<f32>),
-    Boxes { boxes: Vec<f32>, labels: Vec<i64>, scores: Vec<f32> },
-    Yolo { data: Vec<f32>, anchors: usize },
-    YoloNms { data: Vec<f32> },
-    Dense { data: Vec<f32>, h: usize, w: usize },
+    Boxes {
+        boxes: Vec<f32>,
+        labels: Vec<i64>,
+        scores: Vec<f32>,
+    },
+    Yolo {
+        data: Vec<f32>,
+        anchors: usize,
+    },
+    YoloNms {
+        data: Vec<f32>,
+    },
+    Dense {
+        data: Vec<f32>,
+        h: usize,
+        w: usize,
+    },
 }
 
 /// Check the spec against the session; returns the input name and the role → output name map.
