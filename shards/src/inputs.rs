@@ -185,8 +185,9 @@ pub async fn freeze(root: &Location, entries: Vec<InputEntry>, part_size: usize)
 /// with keys of 40 bytes).
 pub const DEFAULT_RUN_ENTRIES: usize = 1_000_000;
 
-/// Sorted runs merged at once; more runs are first merged into longer ones, so the open files stay few.
-const MERGE_FAN_IN: usize = 64;
+/// Sorted runs merged at once (one open file and a 64 KiB buffer each); with more runs, just enough of them
+/// are first merged into one longer run, so most entries are written to scratch once.
+const MERGE_FAN_IN: usize = 256;
 
 /// Collects entries for a frozen manifest with memory bounded by `run_entries`, whatever their number.
 ///
@@ -279,7 +280,8 @@ impl Freezer {
     /// Merge runs until at most [`MERGE_FAN_IN`] are left.
     fn reduce_runs(&mut self) -> Result<(), InputError> {
         while self.runs.len() > MERGE_FAN_IN {
-            let group: Vec<PathBuf> = self.runs.drain(..MERGE_FAN_IN).collect();
+            let merged = (self.runs.len() - MERGE_FAN_IN + 1).min(MERGE_FAN_IN);
+            let group: Vec<PathBuf> = self.runs.drain(..merged).collect();
             let path = self.run_path()?;
             let mut merged = Merge::open(&group)?;
             let write = |merged: &mut Merge| -> Result<(), InputError> {
@@ -712,9 +714,9 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..n {
             let j = (i * 7919) % n;
-            let dataset = if j % 3 == 0 { "b" } else { "a" };
+            let dataset = if j.is_multiple_of(3) { "b" } else { "a" };
             let mut e = InputEntry::object(dataset, format!("k/{:04}.jpg", j % (n / 2 + 1)), j as u64 % 5);
-            if j % 4 == 0 {
+            if j.is_multiple_of(4) {
                 e.row_group = Some(j as u64 % 3);
             }
             out.push(e);
