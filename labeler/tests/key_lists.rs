@@ -178,3 +178,64 @@ fn spilled_sort_runs_freeze_the_same_manifest() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("planned 500 inputs in 1 part(s)") && said.contains(&memory.sha256), "{said}");
 }
+
+/// On S3 (moto on loopback): an inventory report in another bucket, read through the store, plans what a
+/// listing of the dataset's prefix plans; the keys of the bucket outside the prefix are skipped.
+#[test]
+fn an_s3_inventory_on_s3_plans_what_listing_the_prefix_plans() {
+    use common::moto::*;
+    use object_store::path::Path as ObjPath;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    let (_moto, port) = start_moto();
+    for bucket in ["photos", "inv"] {
+        create_bucket(port, bucket);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let photos = bucket_store(port, "photos");
+    let mut rows = String::new();
+    for (key, size) in [("set/a b.jpg", 3usize), ("set/sub/é.png", 4), ("other/c.jpg", 5), ("set/readme.txt", 6)] {
+        rt.block_on(photos.put(&ObjPath::parse(key).unwrap(), PutPayload::from(vec![1u8; size]))).unwrap();
+        let encoded = key.replace(' ', "+").replace('é', "%C3%A9").replace('/', "%2F");
+        rows.push_str(&format!("\"photos\",\"{encoded}\",\"{size}\",\"2026-01-01T00:00:00.000Z\"\n"));
+    }
+    let inv = bucket_store(port, "inv");
+    let report = "reports/photos/cfg";
+    rt.block_on(inv.put(&ObjPath::parse(format!("{report}/data/1.csv.gz")).unwrap(), gzip(rows.as_bytes()).into()))
+        .unwrap();
+    let manifest = format!(
+        r#"{{"sourceBucket": "photos", "destinationBucket": "arn:aws:s3:::inv", "fileFormat": "CSV",
+            "fileSchema": "Bucket, Key, Size, LastModifiedDate",
+            "files": [{{"key": "{report}/data/1.csv.gz", "size": 1, "MD5checksum": ""}}]}}"#
+    );
+    let manifest_key = format!("{report}/2026-01-01T01-00Z/manifest.json");
+    rt.block_on(inv.put(&ObjPath::parse(&manifest_key).unwrap(), PutPayload::from(manifest.into_bytes()))).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let teachers = workspace().join("teachers/demo.toml");
+    let plan = |name: &str, extra: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "teachers = [{:?}]\noutput = {:?}\n\n[[dataset]]\nname = \"d\"\nlocation = \"s3://photos/set\"\n{extra}\n",
+                teachers.to_str().unwrap(),
+                dir.path().join(name).to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_labeler"))
+            .args(["plan", "--config", file.to_str().unwrap()])
+            .envs(s3_env(port))
+            .env("MUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = plan("listed", "");
+    let from_inventory = plan("inventory", &format!("key_list = \"s3://inv/{manifest_key}\""));
+    assert!(listed.starts_with("planned 2 inputs"), "{listed}");
+    let sha = |said: &str| said.rsplit_once("sha256 ").map(|(_, s)| s.trim().to_owned()).unwrap();
+    assert_eq!(sha(&from_inventory), sha(&listed), "{from_inventory}");
+}
