@@ -29,7 +29,7 @@ TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
 EXPERIMENT_SCALE ?= full
 EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
-.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-memory bench-train clean-out
+.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-memory bench-train bench-plan clean-out
 
 setup: $(SETUP_STAMP) $(GLOO_HEADERS)
 
@@ -149,11 +149,18 @@ bench-train: setup
 	CARGO=$(CARGO) PY=$(PY) TRAIN_BENCH_DIR=$(TRAIN_BENCH_DIR) BENCH_THREADS=$(BENCH_THREADS) STEP_ROUNDS=$(STEP_ROUNDS) \
 	  tools/bench/bench_train.sh
 
+# Planning at scale (BENCHMARKS.md): `labeler plan` from key lists of 1M and 10M synthetic keys (a text list and an
+# S3 Inventory report, written once by tools/bench/make_key_list.py), wall time and peak RSS by GNU time, and the
+# projection to 300M keys. See tools/bench/bench_plan.sh.
+PLAN_SIZES ?= 1000000 10000000
+bench-plan: build
+	PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench PLAN_SIZES="$(PLAN_SIZES)" tools/bench/bench_plan.sh
+
 # Resumable: re-running skips finished steps. Writes report.md, results.json and one SVG chart per table.
 experiment: build
 	$(BIN)/experiment --scale $(EXPERIMENT_SCALE) --out $(EXPERIMENT_OUT)
 
-bench: bench-label bench-memory bench-train
+bench: bench-label bench-memory bench-train bench-plan
 
 clean-out:
 	rm -rf $(ROOT)/out

@@ -41,6 +41,12 @@
 //! A packed dataset may name its containers instead of having them listed: `pattern =
 //! "shards/{00000..00123}.tar"` (WebDataset's brace patterns, relative to `location`).
 //!
+//! Any dataset may be planned from a key list instead of a listing, because listing a bucket of hundreds
+//! of millions of objects takes hours and an inventory of it usually exists already: `key_list =
+//! "keys.txt"` (one key per line), `"keys.csv"` (a header with `key` and optionally `size`), or an S3
+//! Inventory report's `"s3://inv/…/manifest.json"`; `key_list_format` when the name does not say which.
+//! The extension filter applies as for a listing.
+//!
 //! Class names map to the class list of the config's teacher of the same task, so supervised
 //! classification, detection and segmentation need that teacher. `labeler::labels` documents each format in
 //! full. Whole-dataset files (CSV, COCO) are read once when a shard starts; per-image files are fetched with
@@ -329,7 +335,54 @@ pub struct DatasetConfig {
     /// Packed formats: the containers by name instead of by listing, relative to `location`, with
     /// WebDataset's brace patterns (`shards/{00000..00123}.tar`, `{a,b}/x.tar`).
     pub pattern: Option<String>,
+    /// A list of the dataset's keys (path or URL) to plan from instead of listing `location`: see
+    /// [`KeyListFormat`]. Packed formats list their containers in it (tars, Parquet files).
+    pub key_list: Option<String>,
+    /// How `key_list` is written; default from its name (`manifest.json`: S3 Inventory, `.csv[.gz]`: CSV,
+    /// `.txt[.gz]`: text).
+    pub key_list_format: Option<KeyListFormat>,
     pub supervised: Option<SupervisedLabels>,
+}
+
+/// How a dataset's `key_list` is written. Every format is read as a stream (`.gz` files decompressed as
+/// they arrive), so a list of hundreds of millions of keys is never held whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyListFormat {
+    /// One key per line, relative to `location`; blank lines are skipped; sizes unknown.
+    Text,
+    /// A header row naming a `key` column (relative to `location`) and optionally a `size` column (bytes),
+    /// then one row per key; RFC 4180 quoting.
+    Csv,
+    /// An S3 Inventory report's `manifest.json` (CSV or Parquet data files). Keys are bucket keys: those
+    /// under `location`'s prefix are planned relative to it, others skipped and counted.
+    S3Inventory,
+}
+
+impl KeyListFormat {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyListFormat::Text => "text",
+            KeyListFormat::Csv => "csv",
+            KeyListFormat::S3Inventory => "s3-inventory",
+        }
+    }
+
+    /// The format a key list's file name implies, if any.
+    pub fn from_name(file: &str) -> Option<Self> {
+        let name = file.rsplit('/').next().unwrap_or(file).to_ascii_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        if name == "manifest.json" {
+            Some(KeyListFormat::S3Inventory)
+        } else if name.ends_with(".csv") {
+            Some(KeyListFormat::Csv)
+        } else if name.ends_with(".txt") {
+            Some(KeyListFormat::Text)
+        } else {
+            None
+        }
+    }
 }
 
 /// Image extensions a `files` dataset lists by default.
@@ -619,6 +672,37 @@ impl LabelConfig {
                     return Err(invalid(&field, "applies to `format = \"webdataset\"` or `\"parquet\"`".into()));
                 }
                 expand_braces(pattern).map_err(|reason| invalid(&field, reason))?;
+            }
+            match (&d.key_list, d.key_list_format) {
+                (None, Some(_)) => {
+                    return Err(invalid(&format!("dataset[{i}].key_list_format"), "is set without `key_list`".into()))
+                }
+                (None, None) => {}
+                (Some(list), format) => {
+                    let field = format!("dataset[{i}].key_list");
+                    if d.pattern.is_some() {
+                        return Err(invalid(&field, "and `pattern` both name the containers; give one of them".into()));
+                    }
+                    if list.trim().is_empty() {
+                        return Err(invalid(&field, "is empty: name a key list file".into()));
+                    }
+                    let list = resolve_location(list, &base);
+                    if format.is_none() && KeyListFormat::from_name(&list).is_none() {
+                        return Err(invalid(
+                            &format!("dataset[{i}].key_list_format"),
+                            format!(
+                                "cannot tell the format of {list} from its name; set `key_list_format` to \
+                                 \"text\", \"csv\" or \"s3-inventory\""
+                            ),
+                        ));
+                    }
+                    let local = list.strip_prefix("file://").unwrap_or(&list);
+                    if (!list.contains("://") || list.starts_with("file://")) && !Path::new(local).is_file() {
+                        return Err(invalid(&field, format!("{local} is not a file")));
+                    }
+                    d.key_list_format = format.or_else(|| KeyListFormat::from_name(&list));
+                    d.key_list = Some(list);
+                }
             }
             for (field, set) in [("image_column", &d.image_column), ("key_column", &d.key_column)] {
                 if set.as_deref().is_some_and(|c| c.trim().is_empty()) {
@@ -919,6 +1003,39 @@ mod tests {
             (
                 "format = \"webdataset\"\nsupervised = { classification = { csv = \"a\", field = \"label\" } }",
                 "supervised.classification.field: names a field of a JSON `member`",
+            ),
+        ] {
+            let err = load_dataset(dir.path(), fields).unwrap_err().to_string();
+            assert!(err.contains("run.toml") && err.contains(wants), "{fields}: {err}");
+        }
+    }
+
+    #[test]
+    fn key_lists_are_resolved_and_their_format_known_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["keys.txt", "keys.csv.gz", "list.dat", "manifest.json"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let d = &load_dataset(dir.path(), "key_list = \"keys.txt\"").unwrap().datasets[0];
+        assert_eq!(d.key_list.as_deref(), Some(dir.path().join("keys.txt").to_str().unwrap()));
+        assert_eq!(d.key_list_format, Some(KeyListFormat::Text));
+        let d = &load_dataset(dir.path(), "key_list = \"keys.csv.gz\"").unwrap().datasets[0];
+        assert_eq!(d.key_list_format, Some(KeyListFormat::Csv));
+        let d = &load_dataset(dir.path(), "key_list = \"s3://inv/b/c/2026/manifest.json\"").unwrap().datasets[0];
+        assert_eq!(
+            (d.key_list.as_deref(), d.key_list_format),
+            (Some("s3://inv/b/c/2026/manifest.json"), Some(KeyListFormat::S3Inventory))
+        );
+        let d = &load_dataset(dir.path(), "key_list = \"list.dat\"\nkey_list_format = \"csv\"").unwrap().datasets[0];
+        assert_eq!(d.key_list_format, Some(KeyListFormat::Csv));
+        for (fields, wants) in [
+            ("key_list = \"list.dat\"", "`dataset[0].key_list_format`: cannot tell the format of"),
+            ("key_list = \"missing.txt\"", "`dataset[0].key_list`: "),
+            ("key_list_format = \"text\"", "`dataset[0].key_list_format`: is set without `key_list`"),
+            ("key_list = \"keys.txt\"\nkey_list_format = \"tsv\"", "unknown variant `tsv`"),
+            (
+                "format = \"webdataset\"\npattern = \"{0..3}.tar\"\nkey_list = \"keys.txt\"",
+                "`dataset[0].key_list`: and `pattern` both name the containers",
             ),
         ] {
             let err = load_dataset(dir.path(), fields).unwrap_err().to_string();

@@ -31,6 +31,13 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         output: Option<String>,
+        /// Directory for the sorted runs a large plan spills to disk (default: the system's temp directory);
+        /// about 60 bytes per key beyond the first run, deleted when the plan is written.
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Keys sorted in memory at once (about 150 bytes each); more are spilled in sorted runs and merged.
+        #[arg(long, default_value_t = shards::inputs::DEFAULT_RUN_ENTRIES)]
+        sort_run_keys: usize,
     },
     /// Label one shard and commit it (a no-op if it is already committed).
     Run {
@@ -125,9 +132,13 @@ fn attempt_id() -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plan { config, output } => {
+        Command::Plan { config, output, scratch, sort_run_keys } => {
             let cfg = LabelConfig::load(&config, output.as_deref())?;
-            let index = pipeline::plan(&cfg)?;
+            let mut options = pipeline::PlanOptions { run_entries: sort_run_keys, ..Default::default() };
+            if let Some(dir) = scratch {
+                options.scratch = dir;
+            }
+            let index = pipeline::plan_with(&cfg, &options)?;
             println!(
                 "planned {} inputs in {} part(s) under {}/inputs (sha256 {})",
                 index.total,

@@ -7,8 +7,12 @@
 //! function of (manifest, k, N). A shard job reads the index and only the parts its range overlaps, so a
 //! manifest of hundreds of millions of keys never has to be read whole by one job.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::ops::Range;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -107,6 +111,12 @@ pub enum InputError {
         if *plan_changed { " of another plan" } else { "" }
     )]
     LayoutMismatch { uri: String, planned: u64, requested: u64, plan_changed: bool },
+    #[error("spilling sorted inputs to scratch space {path}")]
+    Scratch {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("shard index {k} is not below the number of shards {n}")]
     BadShard { k: u64, n: u64 },
     #[error("the number of shards must be at least 1")]
@@ -159,57 +169,280 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Write `entries` (sorted and de-duplicated here) as a frozen manifest under `root/inputs/`.
+/// Write `entries` (sorted and de-duplicated here) as a frozen manifest under `root/inputs/`, sorting in
+/// memory. [`Freezer`] writes the same bytes with bounded memory, spilling sorted runs to disk.
 ///
 /// A root holds one plan. Freezing the same entries again is a no-op that returns the existing index;
 /// freezing different entries where a plan exists is an error ([`InputError::PlanExists`]), never an
 /// overwrite: shards already labelled from the old plan would silently stop matching it. Part files are
 /// named by their content and the index is written with put-if-absent, so two planners racing each other
 /// cannot mix their parts: one index wins and the loser gets `PlanExists` (or the same index back).
-pub async fn freeze(root: &Location, mut entries: Vec<InputEntry>, part_size: usize) -> Result<InputIndex, InputError> {
-    entries.sort();
-    entries.dedup_by(|a, b| a.dataset == b.dataset && a.key == b.key && a.row_group == b.row_group);
-    let part_size = part_size.max(1);
-    let mut parts = Vec::new();
-    let mut bodies = Vec::new();
-    let mut all_hashes = Sha256::new();
-    for (i, chunk) in entries.chunks(part_size).enumerate() {
-        let mut buf = Vec::with_capacity(chunk.len() * 64);
-        for entry in chunk {
-            serde_json::to_writer(&mut buf, entry).expect("serialising an input entry cannot fail");
-            buf.push(b'\n');
+pub async fn freeze(root: &Location, entries: Vec<InputEntry>, part_size: usize) -> Result<InputIndex, InputError> {
+    Freezer { buf: entries, ..Freezer::new(std::env::temp_dir(), usize::MAX) }.freeze(root, part_size).await
+}
+
+/// Entries a [`Freezer`] holds in memory before it spills them as one sorted run (about 150 MB of entries
+/// with keys of 40 bytes).
+pub const DEFAULT_RUN_ENTRIES: usize = 1_000_000;
+
+/// Sorted runs merged at once (one open file and a 64 KiB buffer each); with more runs, just enough of them
+/// are first merged into one longer run, so most entries are written to scratch once.
+const MERGE_FAN_IN: usize = 256;
+
+/// Collects entries for a frozen manifest with memory bounded by `run_entries`, whatever their number.
+///
+/// A plan of hundreds of millions of keys does not fit in memory as one vector (about 150 bytes an entry),
+/// so entries are sorted in runs of at most `run_entries`, each run spilled to a file in a private
+/// directory under `scratch`, and the runs are merged (de-duplicating as they go) straight into the
+/// manifest's parts, which are hashed and written one at a time. The manifest's bytes, part names and
+/// index are exactly those [`freeze`] writes for the same entries: an entry's place depends on the sorted
+/// order only, never on how the runs were cut. The spill files are deleted when the freezer is dropped.
+pub struct Freezer {
+    run_entries: usize,
+    scratch: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    buf: Vec<InputEntry>,
+    runs: Vec<PathBuf>,
+    /// Run files named so far (runs merged into longer ones are gone from `runs`).
+    named: usize,
+    pushed: u64,
+}
+
+impl Freezer {
+    /// A freezer spilling runs of at most `run_entries` entries (at least 1) under `scratch`.
+    pub fn new(scratch: impl Into<PathBuf>, run_entries: usize) -> Self {
+        Self {
+            run_entries: run_entries.max(1),
+            scratch: scratch.into(),
+            dir: None,
+            buf: Vec::new(),
+            runs: Vec::new(),
+            named: 0,
+            pushed: 0,
         }
-        let sha = sha256_hex(&buf);
-        all_hashes.update(sha.as_bytes());
-        parts.push(InputPart {
-            path: format!("inputs/part-{i:05}-{}.jsonl", &sha[..16]),
-            count: chunk.len() as u64,
-            sha256: sha,
-        });
-        bodies.push(Bytes::from(buf));
     }
-    let index = InputIndex {
-        version: INPUT_MANIFEST_VERSION,
-        total: entries.len() as u64,
-        parts,
-        sha256: hex::encode(all_hashes.finalize()),
-    };
-    if let Some(existing) = read_index_if_present(root).await? {
-        return same_plan(root, existing, &index);
-    }
-    for (part, body) in index.parts.iter().zip(bodies) {
-        put(root, &part.path, body).await?;
-    }
-    let json = serde_json::to_vec_pretty(&index).expect("serialising the index cannot fail");
-    let path = root.child(INDEX);
-    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match root.store.put_opts(&path, PutPayload::from(json), opts).await {
-        Ok(_) => Ok(index),
-        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-            let existing = read_index(root).await?;
-            same_plan(root, existing, &index)
+
+    /// Add one entry; duplicates (same dataset, key and row group) are dropped when the manifest is written.
+    pub fn push(&mut self, entry: InputEntry) -> Result<(), InputError> {
+        self.buf.push(entry);
+        self.pushed += 1;
+        if self.buf.len() >= self.run_entries {
+            self.spill()?;
         }
-        Err(source) => Err(InputError::Write { uri: root.uri_of(&path), source }),
+        Ok(())
+    }
+
+    /// Entries pushed so far, duplicates included.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Sorted runs spilled to disk so far.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    fn scratch_error(&self, path: &std::path::Path, source: io::Error) -> InputError {
+        InputError::Scratch { path: path.display().to_string(), source }
+    }
+
+    fn run_path(&mut self) -> Result<PathBuf, InputError> {
+        if self.dir.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("must-plan-")
+                .tempdir_in(&self.scratch)
+                .map_err(|e| self.scratch_error(&self.scratch.clone(), e))?;
+            self.dir = Some(dir);
+        }
+        let dir = self.dir.as_ref().expect("created above").path();
+        self.named += 1;
+        Ok(dir.join(format!("run-{:06}", self.named)))
+    }
+
+    /// Sort the buffered entries and write them as one run.
+    fn spill(&mut self) -> Result<(), InputError> {
+        let mut entries = std::mem::take(&mut self.buf);
+        entries.sort_unstable();
+        entries.dedup_by(|a, b| same_input(a, b));
+        let path = self.run_path()?;
+        let write = || -> io::Result<()> {
+            let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&path)?);
+            for e in &entries {
+                write_entry(&mut out, e)?;
+            }
+            out.flush()
+        };
+        write().map_err(|e| self.scratch_error(&path, e))?;
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// Merge runs until at most [`MERGE_FAN_IN`] are left.
+    fn reduce_runs(&mut self) -> Result<(), InputError> {
+        while self.runs.len() > MERGE_FAN_IN {
+            let merged = (self.runs.len() - MERGE_FAN_IN + 1).min(MERGE_FAN_IN);
+            let group: Vec<PathBuf> = self.runs.drain(..merged).collect();
+            let path = self.run_path()?;
+            let mut merged = Merge::open(&group)?;
+            let write = |merged: &mut Merge| -> Result<(), InputError> {
+                let mut out = io::BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(&path).map_err(|e| self.scratch_error(&path, e))?,
+                );
+                while let Some(e) = merged.next_entry()? {
+                    write_entry(&mut out, &e).map_err(|e| self.scratch_error(&path, e))?;
+                }
+                out.flush().map_err(|e| self.scratch_error(&path, e))
+            };
+            write(&mut merged)?;
+            drop(merged);
+            for p in &group {
+                let _ = std::fs::remove_file(p);
+            }
+            self.runs.push(path);
+        }
+        Ok(())
+    }
+
+    /// Write the manifest of every pushed entry under `root/inputs/` in parts of at most `part_size`
+    /// entries (see [`freeze`] for what happens when the root already holds a plan).
+    pub async fn freeze(mut self, root: &Location, part_size: usize) -> Result<InputIndex, InputError> {
+        let mut sorted: Box<dyn Iterator<Item = Result<InputEntry, InputError>>> = if self.runs.is_empty() {
+            let mut entries = std::mem::take(&mut self.buf);
+            entries.sort_unstable();
+            entries.dedup_by(|a, b| same_input(a, b));
+            Box::new(entries.into_iter().map(Ok))
+        } else {
+            if !self.buf.is_empty() {
+                self.spill()?;
+            }
+            self.reduce_runs()?;
+            let mut merge = Merge::open(&self.runs)?;
+            Box::new(std::iter::from_fn(move || merge.next_entry().transpose()))
+        };
+        // With a plan already there, the new one is only hashed to compare it: nothing is written.
+        let existing = read_index_if_present(root).await?;
+        let part_size = part_size.max(1);
+        let mut parts = Vec::new();
+        let mut all_hashes = Sha256::new();
+        let mut total = 0u64;
+        let mut prev: Option<InputEntry> = None;
+        loop {
+            let mut buf = Vec::new();
+            let mut count = 0u64;
+            while count < part_size as u64 {
+                let Some(entry) = sorted.next().transpose()? else { break };
+                if prev.as_ref().is_some_and(|p| same_input(&entry, p)) {
+                    continue;
+                }
+                serde_json::to_writer(&mut buf, &entry).expect("serialising an input entry cannot fail");
+                buf.push(b'\n');
+                count += 1;
+                prev = Some(entry);
+            }
+            if count == 0 {
+                break;
+            }
+            total += count;
+            let sha = sha256_hex(&buf);
+            all_hashes.update(sha.as_bytes());
+            let part =
+                InputPart { path: format!("inputs/part-{:05}-{}.jsonl", parts.len(), &sha[..16]), count, sha256: sha };
+            if existing.is_none() {
+                put(root, &part.path, Bytes::from(buf)).await?;
+            }
+            parts.push(part);
+        }
+        let index =
+            InputIndex { version: INPUT_MANIFEST_VERSION, total, parts, sha256: hex::encode(all_hashes.finalize()) };
+        if let Some(existing) = existing {
+            return same_plan(root, existing, &index);
+        }
+        let json = serde_json::to_vec_pretty(&index).expect("serialising the index cannot fail");
+        let path = root.child(INDEX);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match root.store.put_opts(&path, PutPayload::from(json), opts).await {
+            Ok(_) => Ok(index),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                let existing = read_index(root).await?;
+                same_plan(root, existing, &index)
+            }
+            Err(source) => Err(InputError::Write { uri: root.uri_of(&path), source }),
+        }
+    }
+}
+
+/// Whether two entries name the same input (the manifest keeps the first in sorted order).
+fn same_input(a: &InputEntry, b: &InputEntry) -> bool {
+    a.dataset == b.dataset && a.key == b.key && a.row_group == b.row_group
+}
+
+/// A run entry: dataset and key as u32 length + bytes, row group as u64 + 1 (0 for none), size as u64.
+fn write_entry(out: &mut impl Write, e: &InputEntry) -> io::Result<()> {
+    for s in [&e.dataset, &e.key] {
+        let len = u32::try_from(s.len()).map_err(|_| io::Error::other("a key longer than 4 GiB"))?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(s.as_bytes())?;
+    }
+    out.write_all(&e.row_group.map_or(0, |g| g + 1).to_le_bytes())?;
+    out.write_all(&e.size.to_le_bytes())
+}
+
+fn read_entry(input: &mut impl Read) -> io::Result<Option<InputEntry>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    fn string(input: &mut impl Read, len: [u8; 4]) -> io::Result<String> {
+        let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
+        input.read_exact(&mut bytes)?;
+        String::from_utf8(bytes).map_err(io::Error::other)
+    }
+    let dataset = string(input, len)?;
+    input.read_exact(&mut len)?;
+    let key = string(input, len)?;
+    let mut word = [0u8; 8];
+    input.read_exact(&mut word)?;
+    let row_group = u64::from_le_bytes(word).checked_sub(1);
+    input.read_exact(&mut word)?;
+    Ok(Some(InputEntry { dataset, key, row_group, size: u64::from_le_bytes(word) }))
+}
+
+/// A k-way merge of sorted run files.
+struct Merge {
+    readers: Vec<(PathBuf, io::BufReader<File>)>,
+    heap: BinaryHeap<Reverse<(InputEntry, usize)>>,
+}
+
+impl Merge {
+    fn open(paths: &[PathBuf]) -> Result<Self, InputError> {
+        let mut merge = Merge { readers: Vec::new(), heap: BinaryHeap::new() };
+        for path in paths {
+            let file =
+                File::open(path).map_err(|e| InputError::Scratch { path: path.display().to_string(), source: e })?;
+            merge.readers.push((path.clone(), io::BufReader::with_capacity(1 << 16, file)));
+            merge.refill(merge.readers.len() - 1)?;
+        }
+        Ok(merge)
+    }
+
+    fn refill(&mut self, i: usize) -> Result<(), InputError> {
+        let (path, reader) = &mut self.readers[i];
+        let next =
+            read_entry(reader).map_err(|e| InputError::Scratch { path: path.display().to_string(), source: e })?;
+        if let Some(entry) = next {
+            self.heap.push(Reverse((entry, i)));
+        }
+        Ok(())
+    }
+
+    /// The smallest entry left over all runs (duplicates included).
+    fn next_entry(&mut self) -> Result<Option<InputEntry>, InputError> {
+        let Some(Reverse((entry, i))) = self.heap.pop() else { return Ok(None) };
+        self.refill(i)?;
+        Ok(Some(entry))
     }
 }
 
@@ -377,6 +610,7 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn entries(keys: &[&str]) -> Vec<InputEntry> {
@@ -456,6 +690,103 @@ mod tests {
             }
             prop_assert_eq!(union, sorted);
         }
+    }
+
+    /// Every object under `root`, by path, with its bytes.
+    fn objects(root: &Location) -> BTreeMap<String, Vec<u8>> {
+        let rt = rt();
+        let metas: Vec<_> = rt.block_on(root.store.list(None).try_collect()).unwrap();
+        metas
+            .into_iter()
+            .map(|m| {
+                let bytes = rt.block_on(async { root.store.get(&m.location).await.unwrap().bytes().await.unwrap() });
+                (m.location.to_string(), bytes.to_vec())
+            })
+            .collect()
+    }
+
+    fn memory_root() -> Location {
+        Location::from_store(Arc::new(InMemory::new()), "r", "memory:///r")
+    }
+
+    /// Entries of two datasets with duplicates, row groups and sizes, in a scrambled order.
+    fn scrambled(n: usize) -> Vec<InputEntry> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let j = (i * 7919) % n;
+            let dataset = if j.is_multiple_of(3) { "b" } else { "a" };
+            let mut e = InputEntry::object(dataset, format!("k/{:04}.jpg", j % (n / 2 + 1)), j as u64 % 5);
+            if j.is_multiple_of(4) {
+                e.row_group = Some(j as u64 % 3);
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn spilled_runs_freeze_to_the_same_bytes_as_memory() {
+        let entries = scrambled(500);
+        let scratch = tempfile::tempdir().unwrap();
+        let memory = memory_root();
+        let want = rt().block_on(freeze(&memory, entries.clone(), 37)).unwrap();
+        assert!(want.total < 500 && want.parts.len() > 1, "duplicates are dropped, several parts");
+        let want_objects = objects(&memory);
+        // One run larger than the input (never spills), runs of a few entries, and runs of one entry: 500
+        // runs, more than one merge takes, so they are merged in two rounds.
+        for run in [usize::MAX, 1000, 64, 7, 1] {
+            let root = memory_root();
+            let mut f = Freezer::new(scratch.path(), run);
+            for e in entries.iter().cloned() {
+                f.push(e).unwrap();
+            }
+            assert_eq!(f.pushed(), 500);
+            assert_eq!(f.runs() > 0, run < 500, "run {run}");
+            let got = rt().block_on(f.freeze(&root, 37)).unwrap();
+            assert_eq!(got, want, "run {run}");
+            assert_eq!(objects(&root), want_objects, "run {run}");
+        }
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "spill files are removed");
+    }
+
+    /// The manifest format is frozen: these hashes are of bytes written before the external sort existed,
+    /// so roots planned then keep matching their plans.
+    #[test]
+    fn manifest_bytes_and_hashes_are_unchanged() {
+        let scratch = tempfile::tempdir().unwrap();
+        for run in [usize::MAX, 1] {
+            let root = memory_root();
+            let mut f = Freezer::new(scratch.path(), run);
+            for e in entries(&["c", "a", "b", "a"]) {
+                f.push(e).unwrap();
+            }
+            let index = rt().block_on(f.freeze(&root, 2)).unwrap();
+            let paths: Vec<&str> = index.parts.iter().map(|p| p.path.as_str()).collect();
+            assert_eq!(paths, ["inputs/part-00000-bdc47e1636e66a98.jsonl", "inputs/part-00001-78433c8df0a29169.jsonl"]);
+            assert_eq!(index.sha256, "3d3f1248f6cefa8dac8cfda4d806a7718d61cac5e4d3afe9fad57fc4d6a28e9d");
+            let part = &objects(&root)[&format!("r/{}", paths[1])];
+            assert_eq!(part.as_slice(), b"{\"dataset\":\"d\",\"key\":\"c\",\"size\":1}\n");
+        }
+    }
+
+    #[test]
+    fn a_spilling_freezer_keeps_the_first_plan() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = memory_root();
+        let first = rt().block_on(freeze(&root, entries(&["a", "b", "c"]), 2)).unwrap();
+        let freezer = |keys: &[&str]| {
+            let mut f = Freezer::new(scratch.path(), 1);
+            for e in entries(keys) {
+                f.push(e).unwrap();
+            }
+            f
+        };
+        assert_eq!(rt().block_on(freezer(&["c", "b", "a", "a"]).freeze(&root, 2)).unwrap(), first);
+        let err = rt().block_on(freezer(&["a", "b", "c", "d"]).freeze(&root, 2)).unwrap_err();
+        assert!(matches!(err, InputError::PlanExists { existing_total: 3, new_total: 4, .. }), "{err}");
+        assert_eq!(objects(&root).len(), 3, "a refused plan writes no parts");
+        let empty = rt().block_on(Freezer::new(scratch.path(), 1).freeze(&memory_root(), 2)).unwrap();
+        assert_eq!((empty.total, empty.parts.len()), (0, 0));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod fetch;
 mod files;
 mod fingerprint;
 mod infer;
+mod keylist;
 mod packed;
 mod plan;
 mod postprocess;
@@ -52,7 +53,7 @@ use crate::teacher::{Teacher, TeacherError};
 
 pub use decode::scaled_decode_min_side;
 pub use fault::{Fault, FaultStage};
-pub use plan::plan;
+pub use plan::{plan, plan_with, PlanOptions};
 pub use procfs::{peak_rss_bytes, process_cpu_seconds, resident_bytes};
 
 use budget::{ByteBudget, Permit};
