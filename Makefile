@@ -29,7 +29,7 @@ TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
 EXPERIMENT_SCALE ?= full
 EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
-.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-memory bench-train bench-plan clean-out
+.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-label-real real-teachers bench-memory bench-train bench-plan clean-out
 
 setup: $(SETUP_STAMP) $(GLOO_HEADERS)
 
@@ -41,8 +41,15 @@ GPU_STAMP := $(VENV)/.gpu-stamp
 ifeq ($(GPU),1)
 setup: $(GPU_STAMP)
 endif
+# It also installs ONNX Runtime's GPU build (CUDA 13, like torch's wheel) for the labeler's `provider = "cuda"` /
+# `"tensorrt"`: beside the CPU build, in $(VENV)/ort-gpu (the two wheels share a module name), with the NVIDIA
+# libraries it needs as wheels; the labeler loads it and preloads those libraries when a GPU provider is asked for.
+ORT_GPU_VERSION := 1.31.1
 $(GPU_STAMP): $(SETUP_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/ort-gpu "onnxruntime-gpu==$(ORT_GPU_VERSION)"
+	$(PY) -m pip install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc~=13.0" "nvidia-cuda-runtime~=13.0" \
+	  "nvidia-cufft~=12.0" "nvidia-curand~=10.0" "nvidia-cudnn-cu13~=9.0"
 	@touch $@
 
 # Gloo's C++ headers (for the trainer's c10d shim; the torch wheel lacks them): Debian's libgloo-dev,
@@ -133,6 +140,17 @@ demo: build $(WORLD)/world.json
 LABEL_ROUNDS ?= 3
 bench-label: build
 	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench LABEL_ROUNDS=$(LABEL_ROUNDS) tools/bench/bench_label.sh
+	$(MAKE) bench-label-real
+
+# Real-architecture teachers (random weights, no downloads): tools/export/make_real_teachers.py -> out/real-teachers.
+real-teachers: setup
+	$(PY) tools/export/make_real_teachers.py --out $(ROOT)/out/real-teachers
+
+# The labeler on real-architecture teachers next to the Python pipeline (host CPU, stages, RSS, workers x threads).
+# Needs the images bench-label makes. See tools/bench/bench_label_real.sh.
+REAL_IMAGES ?= 128
+bench-label-real: build
+	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench REAL_IMAGES=$(REAL_IMAGES) tools/bench/bench_label_real.sh
 
 # Labeler peak memory (BENCHMARKS.md): shards of 1k, 4k and 16k 640x480 JPEGs, and 64 JPEGs of 6000x4000 with
 # store_images = true. See tools/bench/bench_memory.sh.

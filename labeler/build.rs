@@ -20,6 +20,8 @@ fn main() {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|p| !p.is_empty());
+    // `make setup GPU=1` installs ONNX Runtime's GPU build here; the labeler looks for it at run time.
+    println!("cargo:rustc-env=MUST_ORT_GPU_DIR={}", workspace.join(".venv/ort-gpu").display());
     match found {
         Some(path) => {
             println!("cargo:rerun-if-changed={path}");

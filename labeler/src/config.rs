@@ -439,10 +439,14 @@ pub fn default_member_extensions() -> Vec<String> {
 #[serde(deny_unknown_fields, default)]
 pub struct RunSettings {
     pub provider: Provider,
-    /// Inference workers, each with its own session per teacher.
+    /// Inference workers, each with its own session per teacher. When neither this nor `intra_threads`
+    /// is set, both are chosen from the teachers (`default_parallelism`).
     pub inference_workers: usize,
     /// Intra-op threads per session.
     pub intra_threads: usize,
+    /// How `inference_workers` × `intra_threads` were chosen (set at load; reported in the shard stats).
+    #[serde(skip_deserializing)]
+    pub parallelism: String,
     /// Let ONNX Runtime's idle intra-op threads busy-wait between parallel sections (its default). On the
     /// 640×480 benchmark this made the whole pipeline 25% faster than sleeping threads although the spinning
     /// takes CPU from decoding (BENCHMARKS.md); turn it off when other processes need the cores.
@@ -499,6 +503,7 @@ impl Default for RunSettings {
             provider: Provider::Cpu,
             inference_workers: 1,
             intra_threads: cores,
+            parallelism: String::new(),
             spin_wait: true,
             postprocess: crate::runtime::Postprocess::Auto,
             decode_threads: cores,
@@ -598,6 +603,28 @@ pub fn load_teacher_file(file: &Path, defaults: &Thresholds) -> Result<Vec<SpecE
         .into_iter()
         .map(|raw| Ok(SpecEntry { spec: TeacherSpec::from_raw(raw, file, &thresholds)?, file: file.to_owned() }))
         .collect()
+}
+
+/// Inference workers × intra-op threads when the config sets neither, with the reason (shard stats).
+///
+/// ONNX Runtime spreads one run over its intra-op threads, which pays for large batched inputs but not for
+/// the static batch-1 exports most users bring: on 2 cores, MobileNetV3 + LR-ASPP + SSDlite + DPT at batch 1
+/// labelled faster as two workers of one thread each than as one worker of two (BENCHMARKS.md). So on the
+/// CPU, when every teacher runs one image at a time, each core gets a worker with its own sessions (memory:
+/// one set of sessions per worker); otherwise one worker uses every core. GPU providers keep one worker.
+fn default_parallelism(
+    teachers: &[SpecEntry],
+    provider: crate::runtime::Provider,
+    cores: usize,
+) -> (usize, usize, String) {
+    let batch_one = teachers.iter().all(|t| t.spec.batch.size() == 1);
+    if provider == crate::runtime::Provider::Cpu && batch_one && cores > 1 {
+        (cores, 1, format!("auto: every teacher runs batch 1, so {cores} workers x 1 intra-op thread"))
+    } else if provider == crate::runtime::Provider::Cpu {
+        (1, cores, format!("auto: batched teachers, so 1 worker x {cores} intra-op threads"))
+    } else {
+        (1, cores, "auto: one worker per GPU provider".into())
+    }
 }
 
 impl LabelConfig {
@@ -738,7 +765,19 @@ impl LabelConfig {
                 }
             }
         }
-        let run = raw.run.clone();
+        let mut run = raw.run.clone();
+        let set_by_user = |key: &str| {
+            text.parse::<toml::Table>()
+                .ok()
+                .and_then(|t| t.get("run").and_then(|r| r.as_table()).map(|r| r.contains_key(key)))
+                .unwrap_or(false)
+        };
+        if !set_by_user("inference_workers") && !set_by_user("intra_threads") {
+            let (workers, threads, why) = default_parallelism(&teachers, run.provider, run.intra_threads);
+            (run.inference_workers, run.intra_threads, run.parallelism) = (workers, threads, why);
+        } else {
+            run.parallelism = "as configured".into();
+        }
         for (field, v) in [
             ("run.inference_workers", run.inference_workers),
             ("run.intra_threads", run.intra_threads),
@@ -849,6 +888,30 @@ mod tests {
         )
         .unwrap();
         LabelConfig::load(&file, None)
+    }
+
+    #[test]
+    fn workers_and_threads_follow_the_teachers_unless_set() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        // Demo teachers run dynamic batches: one worker on every core.
+        let demo = LabelConfig::load(&workspace().join("configs/bench-label.toml"), None).unwrap();
+        assert_eq!((demo.run.inference_workers, demo.run.intra_threads), (1, cores));
+        // Real-architecture exports run batch 1: a worker per core, one thread each.
+        let real = LabelConfig::load(&workspace().join("configs/bench-label-real.toml"), None).unwrap();
+        let want = if cores > 1 { (cores, 1) } else { (1, 1) };
+        assert_eq!((real.run.inference_workers, real.run.intra_threads), want);
+        assert!(real.run.parallelism.starts_with("auto: every teacher runs batch 1") || cores == 1);
+        // Either field set by the user: both are kept as configured.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("label.toml");
+        let text = std::fs::read_to_string(workspace().join("configs/bench-label-real.toml")).unwrap();
+        let text = text.replace("../teachers/", &format!("{}/teachers/", workspace().display()));
+        std::fs::write(&file, text.replace("[run]", "[run]\nintra_threads = 2")).unwrap();
+        let set = LabelConfig::load(&file, None).unwrap();
+        assert_eq!(
+            (set.run.inference_workers, set.run.intra_threads, set.run.parallelism.as_str()),
+            (1, 2, "as configured")
+        );
     }
 
     #[test]

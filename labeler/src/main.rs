@@ -192,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
                     );
                     let stages: Vec<String> = stats.stage_seconds.iter().map(|(k, v)| format!("{k} {v:.2}s")).collect();
                     println!("stage busy time: {}", stages.join(", "));
+                    println!("inference workers x intra-op threads: {}", stats.parallelism);
                     if let Some(path) = stats_json {
                         std::fs::write(&path, serde_json::to_vec_pretty(&stats)?)
                             .with_context(|| format!("writing {}", path.display()))?;

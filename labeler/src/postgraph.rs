@@ -290,7 +290,7 @@ impl PostGraph {
     ) -> Result<Self, PostGraphError> {
         let name = Path::new("<post-processing graph>");
         let build = |e: ort::Error| PostGraphError::Build { teacher: teacher.to_owned(), message: e.to_string() };
-        runtime::environment()?; // the editor API needs the library loaded
+        runtime::environment_for(settings.provider)?; // the editor API needs the library loaded
         let model = model().map_err(build)?;
         let session = model.into_session(&runtime::builder(teacher, name, settings)?).map_err(build)?;
         Ok(Self { session, shape })

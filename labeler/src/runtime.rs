@@ -53,16 +53,39 @@ pub enum RuntimeError {
     Environment(String),
     #[error("teacher {teacher:?}: loading model {path}: {message}")]
     Session { teacher: String, path: PathBuf, message: String },
-    #[error("teacher {teacher:?}: execution provider {provider:?} was requested but is not available in this ONNX Runtime build: {message}")]
-    ProviderMissing { teacher: String, provider: Provider, message: String },
+    #[error(
+        "teacher {teacher:?}: execution provider {provider:?} could not be started with ONNX Runtime from {library}: \
+         {message} (the CUDA and TensorRT providers need ONNX Runtime's GPU build, installed by `make setup GPU=1`, \
+         NVIDIA's libraries and a GPU)"
+    )]
+    ProviderMissing { teacher: String, provider: Provider, library: String, message: String },
+    #[error(
+        "execution provider {provider:?} needs ONNX Runtime's GPU build, which is not installed: run `make setup GPU=1` \
+         (it installs onnxruntime-gpu into {dir}) or set ORT_DYLIB_PATH to its libonnxruntime.so"
+    )]
+    GpuLibraryNotFound { provider: Provider, dir: String },
 }
 
-static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
-/// Path of the ONNX Runtime library this process will load.
-pub fn library_path() -> Result<PathBuf, RuntimeError> {
+/// Where `make setup GPU=1` installs ONNX Runtime's GPU build (`pip install --target`), beside the CPU build.
+const GPU_BUILD_DIR: &str = env!("MUST_ORT_GPU_DIR");
+
+/// Path of the ONNX Runtime library this process loads for `provider`: `ORT_DYLIB_PATH` if set; else the
+/// CPU build `make setup` installed, or for CUDA and TensorRT the GPU build `make setup GPU=1` installed.
+pub fn library_path(provider: Provider) -> Result<PathBuf, RuntimeError> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(path));
+    }
+    if provider != Provider::Cpu {
+        let capi = Path::new(GPU_BUILD_DIR).join("onnxruntime/capi");
+        let found = std::fs::read_dir(&capi).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+                .max()
+        });
+        return found.ok_or(RuntimeError::GpuLibraryNotFound { provider, dir: GPU_BUILD_DIR.to_owned() });
     }
     let embedded = env!("MUST_ORT_DYLIB_DEFAULT");
     if embedded.is_empty() || !Path::new(embedded).exists() {
@@ -71,14 +94,67 @@ pub fn library_path() -> Result<PathBuf, RuntimeError> {
     Ok(PathBuf::from(embedded))
 }
 
-/// The process-wide environment, created on first use.
+/// The process-wide environment on the CPU build, created on first use.
 pub fn environment() -> Result<&'static Environment, RuntimeError> {
+    environment_for(Provider::Cpu)
+}
+
+/// The process-wide environment on the library `provider` needs ([`library_path`]), created on first use.
+/// A process loads one library: asking for another afterwards is an error that names both.
+pub fn environment_for(provider: Provider) -> Result<&'static Environment, RuntimeError> {
+    let path = library_path(provider)?;
     let result = ENVIRONMENT.get_or_init(|| {
-        let path = library_path().map_err(|e| e.to_string())?;
+        if provider != Provider::Cpu {
+            preload_cuda_libraries();
+        }
         let builder = ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
-        builder.with_name("must-labeler").build().map_err(|e| e.to_string())
+        let env = builder.with_name("must-labeler").build().map_err(|e| e.to_string())?;
+        Ok((env, path.clone()))
     });
-    result.as_ref().map_err(|e| RuntimeError::Environment(e.clone()))
+    match result {
+        Ok((env, loaded)) if *loaded == path => Ok(env),
+        Ok((_, loaded)) => Err(RuntimeError::Environment(format!(
+            "this process already loaded ONNX Runtime from {}; provider {provider:?} needs {} (one provider per process)",
+            loaded.display(),
+            path.display()
+        ))),
+        Err(e) => Err(RuntimeError::Environment(e.clone())),
+    }
+}
+
+/// Load NVIDIA's CUDA libraries from the virtualenv's `nvidia/*/lib` (the wheels torch and `make setup GPU=1`
+/// install) with global symbols, as the onnxruntime Python package's `preload_dlls` does: ONNX Runtime's CUDA
+/// provider library then finds them without `LD_LIBRARY_PATH`. Libraries that are missing or fail to load
+/// are skipped; the provider's own error then names what it could not find.
+fn preload_cuda_libraries() {
+    let embedded = Path::new(env!("MUST_ORT_DYLIB_DEFAULT"));
+    // …/site-packages/onnxruntime/capi/libonnxruntime.so.X → …/site-packages/nvidia
+    let Some(nvidia) = embedded.ancestors().nth(3).map(|site| site.join("nvidia")) else { return };
+    let mut pending: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("lib")))
+        .flat_map(|lib| std::fs::read_dir(lib).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(".so")))
+        .collect();
+    pending.sort();
+    // Dependencies first, whatever their names: retry what failed while a pass still loads something.
+    loop {
+        let before = pending.len();
+        pending.retain(|lib| load_global(lib).is_err());
+        if pending.is_empty() || pending.len() == before {
+            break;
+        }
+    }
+}
+
+#[allow(unsafe_code)] // loading a shared library runs its initialisers; these are NVIDIA's own CUDA libraries
+fn load_global(lib: &Path) -> Result<(), libloading::Error> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: see above; the handle is leaked on purpose so the library stays loaded for the process.
+    let handle = unsafe { Library::open(Some(lib), RTLD_NOW | RTLD_GLOBAL) }?;
+    std::mem::forget(handle);
+    Ok(())
 }
 
 /// Where teachers' per-pixel and per-class post-processing runs.
@@ -129,7 +205,7 @@ fn session_error(teacher: &str, model: &Path, e: ort::Error) -> RuntimeError {
 /// model, or for a graph built in memory for it (`model` then names it in errors).
 pub fn builder(teacher: &str, model: &Path, settings: &SessionSettings) -> Result<SessionBuilder, RuntimeError> {
     let (provider, threads) = (settings.provider, settings.intra_threads);
-    let env = environment()?;
+    let env = environment_for(provider)?;
     let fail = |e: ort::Error| session_error(teacher, model, e);
     let builder = Session::builder(env)
         .map_err(fail)?
@@ -139,8 +215,13 @@ pub fn builder(teacher: &str, model: &Path, settings: &SessionSettings) -> Resul
         .map_err(|e| fail(e.into()))?
         .with_intra_op_spinning(settings.spin_wait)
         .map_err(|e| fail(e.into()))?;
-    let missing =
-        |e: ort::Error| RuntimeError::ProviderMissing { teacher: teacher.to_owned(), provider, message: e.to_string() };
+    let library = library_path(provider)?.display().to_string();
+    let missing = |e: ort::Error| RuntimeError::ProviderMissing {
+        teacher: teacher.to_owned(),
+        provider,
+        library: library.clone(),
+        message: e.to_string(),
+    };
     Ok(match provider {
         Provider::Cpu => builder,
         Provider::Cuda => builder

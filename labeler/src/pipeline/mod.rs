@@ -159,6 +159,8 @@ pub struct ShardStats {
     pub peak_rss_bytes: Option<u64>,
     /// CPU seconds the process used (all threads) from when the teachers were loaded to the commit (Linux).
     pub cpu_seconds: Option<f64>,
+    /// Inference workers × intra-op threads this run used, and how they were chosen.
+    pub parallelism: String,
 }
 
 /// Knobs for measuring and testing the pipeline, not for labelling.
@@ -437,6 +439,7 @@ pub fn run_shard_with(
 
     stats.inputs = inputs;
     stats.wall_seconds = started.elapsed().as_secs_f64();
+    stats.parallelism = format!("{} x {} ({})", cfg.run.inference_workers, cfg.run.intra_threads, cfg.run.parallelism);
     stats.images_per_second = stats.inputs as f64 / stats.wall_seconds.max(1e-9);
     stats.peak_rss_bytes = peak_rss_bytes();
     stats.cpu_seconds = process_cpu_seconds().zip(cpu_at_start).map(|(end, start)| end - start);
