@@ -29,7 +29,7 @@ TRAIN_CONFIG ?= $(ROOT)/configs/demo-train.toml
 EXPERIMENT_SCALE ?= full
 EXPERIMENT_OUT ?= $(ROOT)/out/experiment-$(EXPERIMENT_SCALE)
 
-.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-label-real real-teachers bench-memory bench-train bench-plan clean-out
+.PHONY: setup build test check fmt clippy demo world teachers img2dataset-fixtures probe plan label label-all render train experiment bench bench-label bench-label-real bench-label-packed real-teachers bench-memory bench-train bench-plan clean-out
 
 setup: $(SETUP_STAMP) $(GLOO_HEADERS)
 
@@ -140,7 +140,12 @@ demo: build $(WORLD)/world.json
 LABEL_ROUNDS ?= 3
 bench-label: build
 	CARGO=$(CARGO) PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench LABEL_ROUNDS=$(LABEL_ROUNDS) tools/bench/bench_label.sh
-	$(MAKE) bench-label-real
+	$(MAKE) bench-label-real bench-label-packed
+
+# The same 512 JPEGs as loose files, one WebDataset tar and one Parquet file. See tools/bench/bench_label_packed.sh.
+PACKED_ROUNDS ?= 3
+bench-label-packed: build
+	PY=$(PY) BIN=$(BIN) BENCH_DIR=$(ROOT)/out/bench PACKED_ROUNDS=$(PACKED_ROUNDS) tools/bench/bench_label_packed.sh
 
 # Real-architecture teachers (random weights, no downloads): tools/export/make_real_teachers.py -> out/real-teachers.
 real-teachers: setup
