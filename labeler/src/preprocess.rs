@@ -8,6 +8,8 @@
 //! original image, so boxes from a letterboxed or cropped input land on the right place of the original,
 //! and dense outputs (masks, depth) can be resampled back to the region of the original they cover.
 
+use std::sync::Arc;
+
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
@@ -53,16 +55,44 @@ impl Transform {
 /// One image resized for a teacher input, still u8 HWC.
 #[derive(Debug, Clone)]
 pub struct Resized {
-    /// `height·width·3` bytes, or `None` when the input is the source image itself (no resize needed).
-    pub pixels: Option<Vec<u8>>,
+    /// `height·width·3` bytes (shared by the teachers that need the same input: [`SharedResizes`]), or
+    /// `None` when the input is the source image itself (no resize needed).
+    pub pixels: Option<Arc<Vec<u8>>>,
     pub transform: Transform,
 }
 
 impl Resized {
     /// The HWC bytes of this input: its own, or `source`'s when it needed no resize.
     pub fn hwc<'a>(&'a self, source: &'a RgbImage) -> &'a [u8] {
-        self.pixels.as_deref().unwrap_or(source.as_raw())
+        self.pixels.as_deref().map(Vec::as_slice).unwrap_or(source.as_raw())
     }
+}
+
+/// The inputs already resized from one image, so teachers that need the same input (the same resize policy,
+/// filter and size; e.g. two teachers at 320×320 stretched) share one resize and one buffer.
+#[derive(Default)]
+pub struct SharedResizes(Vec<(ResizeKey, Resized)>);
+
+/// What a resized input depends on besides the image: the policy, the filter and the `[h, w]` size.
+type ResizeKey = (Resize, Filter, [u32; 2]);
+
+/// [`resize`], reusing an input another teacher already needed from the same image.
+pub fn resize_shared(
+    img: &RgbImage,
+    spec: &TeacherSpec,
+    scale: f32,
+    resizer: &mut Resizer,
+    shared: &mut SharedResizes,
+) -> Result<Resized, PreprocessError> {
+    let (w, h) = img.dimensions();
+    // The output is a function of the image, the policy, the filter and the input size alone.
+    let key = (spec.resize, spec.filter, input_size_for(spec, w, h, scale));
+    if let Some((_, r)) = shared.0.iter().find(|(k, _)| *k == key) {
+        return Ok(r.clone());
+    }
+    let r = resize(img, spec, scale, resizer)?;
+    shared.0.push((key, r.clone()));
+    Ok(r)
 }
 
 /// Why preprocessing failed.
@@ -185,7 +215,7 @@ pub fn resize(
             };
         }
     }
-    Ok(Resized { pixels: Some(canvas), transform })
+    Ok(Resized { pixels: Some(Arc::new(canvas)), transform })
 }
 
 /// HWC u8 → CHW f32 with the spec's scale, mean, std and colour order, into `out` (`3·h·w` values).
@@ -247,6 +277,27 @@ mod tests {
 
     fn solid(w: u32, h: u32) -> RgbImage {
         RgbImage::from_pixel(w, h, image::Rgb([200, 100, 50]))
+    }
+
+    #[test]
+    fn teachers_that_need_the_same_input_share_one_resize() {
+        let img = solid(64, 48);
+        let b = spec(
+            "input_size = [32, 32]\nresize = { kind = \"stretch\" }\noutputs = { boxes = 0, labels = 1, scores = 2 }",
+        );
+        let mut a = b.clone();
+        let mut shared = SharedResizes::default();
+        let mut resizer = Resizer::new();
+        let ra = resize_shared(&img, &a, 1.0, &mut resizer, &mut shared).unwrap();
+        let rb = resize_shared(&img, &b, 1.0, &mut resizer, &mut shared).unwrap();
+        assert!(Arc::ptr_eq(ra.pixels.as_ref().unwrap(), rb.pixels.as_ref().unwrap()));
+        // Another filter or size is another input.
+        a.filter = Filter::Nearest;
+        let rc = resize_shared(&img, &a, 1.0, &mut resizer, &mut shared).unwrap();
+        assert!(!Arc::ptr_eq(ra.pixels.as_ref().unwrap(), rc.pixels.as_ref().unwrap()));
+        let rd = resize_shared(&img, &b, 0.5, &mut resizer, &mut shared).unwrap();
+        assert_eq!(rd.transform.width, 16);
+        assert_eq!(ra.hwc(&img), resize(&img, &b, 1.0, &mut resizer).unwrap().hwc(&img));
     }
 
     #[test]

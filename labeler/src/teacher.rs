@@ -807,11 +807,21 @@ pub struct TeacherInput {
 impl TeacherInput {
     /// Resize `img` for `spec` at every configured scale. A failure is kept and reported for this image.
     pub fn prepare(spec: &TeacherSpec, img: &RgbImage, resizer: &mut Resizer) -> Self {
+        Self::prepare_shared(spec, img, resizer, &mut preprocess::SharedResizes::default())
+    }
+
+    /// [`TeacherInput::prepare`], sharing resized inputs with the other teachers of the same image.
+    pub fn prepare_shared(
+        spec: &TeacherSpec,
+        img: &RgbImage,
+        resizer: &mut Resizer,
+        shared: &mut preprocess::SharedResizes,
+    ) -> Self {
         let scales = spec
             .scales
             .iter()
             .map(|&scale| {
-                preprocess::resize(img, spec, scale, resizer).map_err(|e| ImageFailure {
+                preprocess::resize_shared(img, spec, scale, resizer, shared).map_err(|e| ImageFailure {
                     stage: "preprocess",
                     reason: "unsupported",
                     detail: e.to_string(),

@@ -159,9 +159,14 @@ pub(super) fn decode_one(
             rec.image = Some(bytes.to_vec());
         }
         fault::hook(settings.fault, FaultStage::Prepare, image, 1);
+        let mut shared = crate::preprocess::SharedResizes::default();
         let inputs = specs
             .iter()
-            .map(|spec| rec.source(spec.task).is_none().then(|| TeacherInput::prepare(spec, &decoded.rgb, resizer)))
+            .map(|spec| {
+                rec.source(spec.task)
+                    .is_none()
+                    .then(|| TeacherInput::prepare_shared(spec, &decoded.rgb, resizer, &mut shared))
+            })
             .collect();
         Ok((decoded, rec, inputs))
     })();
