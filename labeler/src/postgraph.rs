@@ -6,8 +6,9 @@
 //! host cost per image, and on a GPU it would make the host, not the accelerator, the price of labelling.
 //! These graphs do that work where the teacher ran: only the u8 class map (or the class distribution, or
 //! the resampled depth) crosses to the host. With a GPU provider the teacher's outputs are bound to device
-//! memory (`Teacher`'s I/O binding) and fed straight to the graph; on CPU, ONNX Runtime's vectorised kernels
-//! do the same work in place of the labeler's loops.
+//! memory (`Teacher`'s I/O binding) and fed straight to the graph. On the CPU provider the graphs run too
+//! (`postprocess = "device"`, and in the tests), but ONNX Runtime's reductions over the class axis are slower
+//! there than the labeler's vectorised loops, so `"auto"` keeps the loops on the CPU (BENCHMARKS.md).
 //!
 //! The graphs are built in memory through ONNX Runtime's model editor API, with symbolic batch, class and
 //! spatial axes, so one graph serves every class count and size a teacher produces. They compute the same
