@@ -766,13 +766,13 @@ impl LabelConfig {
             }
         }
         let mut run = raw.run.clone();
-        let set_by_user = |key: &str| {
-            text.parse::<toml::Table>()
-                .ok()
-                .and_then(|t| t.get("run").and_then(|r| r.as_table()).map(|r| r.contains_key(key)))
-                .unwrap_or(false)
-        };
-        if !set_by_user("inference_workers") && !set_by_user("intra_threads") {
+        // Which [run] keys the file sets (serde's defaults hide that in `raw`).
+        let run_keys: Vec<String> = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("run").and_then(|r| r.as_table()).map(|r| r.keys().cloned().collect()))
+            .unwrap_or_default();
+        if !run_keys.iter().any(|k| k == "inference_workers" || k == "intra_threads") {
             let (workers, threads, why) = default_parallelism(&teachers, run.provider, run.intra_threads);
             (run.inference_workers, run.intra_threads, run.parallelism) = (workers, threads, why);
         } else {

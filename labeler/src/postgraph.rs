@@ -32,19 +32,6 @@ const OPSET: u32 = 17;
 /// A built post-processing graph and the session that runs it.
 pub struct PostGraph {
     session: Session,
-    shape: GraphShape,
-}
-
-/// What a graph takes and gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GraphShape {
-    /// `scores [N, K]` → `probs [N, K]`, `check [N]`.
-    Classification,
-    /// `scores{s} [B_s, C, H_s, W_s]` and `row{s} [1]` for each scale (plus `size [2]` when resizing) →
-    /// `mask [1, h, w]` u8, `check []`.
-    Segmentation { scales: usize, resize: bool },
-    /// `depth [B, (1,) H, W]`, `row [1]`, `size [2]` → `values [1, 1, h, w]`, `check []`.
-    Depth,
 }
 
 /// One image's place in a batch output held for the graph.
@@ -286,7 +273,6 @@ impl PostGraph {
     fn build(
         teacher: &str,
         settings: &SessionSettings,
-        shape: GraphShape,
         model: impl FnOnce() -> BuildResult<Model>,
     ) -> Result<Self, PostGraphError> {
         let name = Path::new("<post-processing graph>");
@@ -294,21 +280,22 @@ impl PostGraph {
         runtime::environment_for(settings.provider)?; // the editor API needs the library loaded
         let model = model().map_err(build)?;
         let session = model.into_session(&runtime::builder(teacher, name, settings)?).map_err(build)?;
-        Ok(Self { session, shape })
+        Ok(Self { session })
     }
 
-    /// The classification graph of a teacher.
+    /// The classification graph of a teacher: `scores [N, K]` → `probs [N, K]`, `check [N]`.
     pub fn classification(
         teacher: &str,
         settings: &SessionSettings,
         kind: ScoreKind,
         temperature: f32,
     ) -> Result<Self, PostGraphError> {
-        Self::build(teacher, settings, GraphShape::Classification, || classification_model(kind, temperature))
+        Self::build(teacher, settings, || classification_model(kind, temperature))
     }
 
     /// The segmentation graph of a teacher with `scales` inference scales; `resize` when an output must be
-    /// resampled onto the mask's grid.
+    /// resampled onto the mask's grid: `scores{s} [B_s, C, H_s, W_s]` and `row{s} [1]` for each scale (plus
+    /// `size [2]` when resizing) → `mask [1, h, w]` u8, `check []`.
     pub fn segmentation(
         teacher: &str,
         settings: &SessionSettings,
@@ -317,18 +304,13 @@ impl PostGraph {
         kind: ScoreKind,
         threshold: f32,
     ) -> Result<Self, PostGraphError> {
-        let shape = GraphShape::Segmentation { scales, resize };
-        Self::build(teacher, settings, shape, || segmentation_model(scales, resize, kind, threshold))
+        Self::build(teacher, settings, || segmentation_model(scales, resize, kind, threshold))
     }
 
-    /// The depth resampling graph for a depth output of `rank` 3 (`[B, H, W]`) or 4 (`[B, 1, H, W]`).
+    /// The depth resampling graph for a depth output of `rank` 3 (`[B, H, W]`) or 4 (`[B, 1, H, W]`):
+    /// `depth`, `row [1]`, `size [2]` → `values [1, 1, h, w]`, `check []`.
     pub fn depth(teacher: &str, settings: &SessionSettings, rank: usize) -> Result<Self, PostGraphError> {
-        Self::build(teacher, settings, GraphShape::Depth, || depth_model(rank))
-    }
-
-    /// What this graph takes and gives.
-    pub fn shape(&self) -> GraphShape {
-        self.shape
+        Self::build(teacher, settings, || depth_model(rank))
     }
 
     /// Class distributions of a batch of class scores `[N, K]`: `N·K` probabilities, and per row whether

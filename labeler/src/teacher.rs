@@ -304,7 +304,7 @@ impl Teacher {
                                 self.finish_held(width, height, v)?
                             } else {
                                 let raw = RawOutput { width, height, scales: std::mem::take(v) };
-                                ScaleOutput::Final(Teacher::finish(&self.spec, raw).map_err(|f| f.detail))
+                                ScaleOutput::Final(Teacher::finish(&self.spec, raw))
                             };
                             *v = vec![(done, t)];
                         }
@@ -489,9 +489,9 @@ impl Teacher {
             .map(|o| {
                 let ScaleOutput::Held { row, .. } = o else { return o };
                 ScaleOutput::Final(if k != nc {
-                    Err(format!("{k} class scores for {nc} classes"))
+                    Err(invalid_output(format!("{k} class scores for {nc} classes")))
                 } else if !finite[row] {
-                    Err("non-finite class scores".into())
+                    Err(invalid_output("non-finite class scores".into()))
                 } else {
                     Ok(Prediction::Classification(probs[row * k..(row + 1) * k].to_vec()))
                 })
@@ -516,23 +516,22 @@ impl Teacher {
             held.push(Held { value: value.as_ref(), row: *row });
             dims.push((shape.len(), h, w));
         }
-        let spec = self.spec.clone();
-        let device = self.device.as_mut().expect("device post-processing");
+        let (spec, device) = (&self.spec, self.device.as_mut().expect("device post-processing"));
         let t = scales[0].1;
         match spec.task {
             Task::Seg => {
                 let nc = spec.classes.len();
-                let [bh, bw] = input_size_for(&spec, img_w, img_h, 1.0);
-                let (gw, gh) = base_grid(&spec, t, bw, bh);
+                let [bh, bw] = input_size_for(spec, img_w, img_h, 1.0);
+                let (gw, gh) = base_grid(spec, t, bw, bh);
                 if let Some(bad) = held.iter().find(|h| h.value.shape().get(1) != Some(&(nc as i64))) {
                     let c = bad.value.shape().get(1).copied().unwrap_or(0);
-                    return Ok(ScaleOutput::Final(Err(format!("{c} class planes for {nc} classes"))));
+                    return Ok(ScaleOutput::Final(Err(invalid_output(format!("{c} class planes for {nc} classes")))));
                 }
                 let resize = dims.iter().any(|&(_, h, w)| (h, w) != (gh, gw));
-                let graph = device.graph(&spec, GraphForm::Segmentation { resize })?;
+                let graph = device.graph(spec, GraphForm::Segmentation { resize })?;
                 Ok(ScaleOutput::Final(match graph.segment(&held, resize.then_some((gh, gw)))? {
                     Some((mask, height, width)) => Ok(Prediction::Segmentation { height, width, mask }),
-                    None => Err("non-finite segmentation scores".into()),
+                    None => Err(invalid_output("non-finite segmentation scores".into())),
                 }))
             }
             _ => {
@@ -542,15 +541,18 @@ impl Teacher {
                 let gh = ((r[3] - r[1]).round() as usize).max(1);
                 let values = if (gw, gh) == (ow, oh) {
                     // The output is the image's grid: no graph, only the row to copy.
-                    let (_, data) = held[0].value.try_extract_tensor::<f32>().map_err(|e| self.fail(e))?;
+                    let (_, data) = held[0]
+                        .value
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| TeacherError::Inference { teacher: spec.name.clone(), message: e.to_string() })?;
                     let row = &data[held[0].row * oh * ow..(held[0].row + 1) * oh * ow];
                     postprocess::all_finite(row).then(|| row.to_vec())
                 } else {
-                    device.graph(&spec, GraphForm::Depth { rank })?.resample_depth(held.remove(0), (gh, gw))?
+                    device.graph(spec, GraphForm::Depth { rank })?.resample_depth(held.remove(0), (gh, gw))?
                 };
                 Ok(ScaleOutput::Final(match values {
                     Some(values) => Ok(Prediction::Depth { height: gh, width: gw, values }),
-                    None => Err("non-finite depth values".into()),
+                    None => Err(invalid_output("non-finite depth values".into())),
                 }))
             }
         }
@@ -561,10 +563,10 @@ impl Teacher {
     pub fn finish(spec: &TeacherSpec, raw: RawOutput) -> Result<Prediction, ImageFailure> {
         let RawOutput { width: img_w, height: img_h, scales: outs } = raw;
         let nc = spec.classes.len();
-        let post = |detail: String| ImageFailure { stage: "postprocess", reason: "invalid_output", detail };
+        let post = invalid_output;
         if let Some((ScaleOutput::Final(_), _)) = outs.first() {
             let Some((ScaleOutput::Final(done), _)) = outs.into_iter().next() else { unreachable!() };
-            return done.map_err(post);
+            return done;
         }
         match spec.task {
             Task::Cls => {
@@ -683,6 +685,11 @@ impl Teacher {
             }
         }
     }
+}
+
+/// A post-processing failure: the teacher's output for this image is not a valid label.
+fn invalid_output(detail: String) -> ImageFailure {
+    ImageFailure { stage: "postprocess", reason: "invalid_output", detail }
 }
 
 /// The device post-processing of `spec` under `settings`, or `None` when it runs on the host: when asked
@@ -851,7 +858,7 @@ enum ScaleOutput {
         row: usize,
     },
     /// Device post-processing: the finished label, or why the output was invalid.
-    Final(Result<Prediction, String>),
+    Final(Result<Prediction, ImageFailure>),
     Scores(Vec<f32>),
     Boxes {
         boxes: Vec<f32>,

@@ -67,13 +67,8 @@ pub(super) async fn read_key_list(
             let mut lines = Lines::open(file).await.map_err(bad)?;
             let mut counts = KeyListCounts::default();
             let mut columns: Option<(usize, Option<usize>)> = None;
-            while let Some((number, line)) = lines.next().await.map_err(bad)? {
+            while let Some((number, line)) = lines.next_text().await.map_err(bad)? {
                 let at = |reason: String| bad(format!("{file}: line {number}: {reason}"));
-                let line = std::str::from_utf8(line).map_err(|e| at(format!("is not UTF-8 ({e})")))?;
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                if line.is_empty() {
-                    continue;
-                }
                 if format == KeyListFormat::Text {
                     counts.keys += 1;
                     each(line.to_owned(), 0)?;
@@ -228,21 +223,37 @@ impl Lines {
         })
     }
 
-    /// The next line without its `\n` and its number (from 1), `None` at the end.
-    async fn next(&mut self) -> Result<Option<(u64, &[u8])>, String> {
+    /// The next non-empty line as text, without its line ending, and its number (from 1); `None` at the end.
+    async fn next_text(&mut self) -> Result<Option<(u64, &str)>, String> {
+        loop {
+            let Some((number, mut range)) = self.next().await? else { return Ok(None) };
+            let line = std::str::from_utf8(&self.pending[range.clone()])
+                .map_err(|e| format!("{}: line {number}: is not UTF-8 ({e})", self.uri))?;
+            if line.ends_with('\r') {
+                range.end -= 1;
+            }
+            if !range.is_empty() {
+                // Validated above; borrowed again here so the loop's next read is not held by this borrow.
+                return Ok(Some((number, std::str::from_utf8(&self.pending[range]).expect("valid UTF-8"))));
+            }
+        }
+    }
+
+    /// The byte range in `pending` of the next line without its `\n`, and its number (from 1); `None` at the end.
+    async fn next(&mut self) -> Result<Option<(u64, std::ops::Range<usize>)>, String> {
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.pending[self.start..]) {
                 let line = self.start..self.start + i;
                 self.start += i + 1;
                 self.number += 1;
-                return Ok(Some((self.number, &self.pending[line])));
+                return Ok(Some((self.number, line)));
             }
             if self.ended {
                 if self.start < self.pending.len() {
                     let line = self.start..self.pending.len();
                     self.start = self.pending.len();
                     self.number += 1;
-                    return Ok(Some((self.number, &self.pending[line])));
+                    return Ok(Some((self.number, line)));
                 }
                 return Ok(None);
             }
@@ -365,13 +376,8 @@ async fn read_inventory(
                     .ok_or_else(|| bad(format!("{file}: fileSchema {:?} has no `Key` column", manifest.file_schema)))?;
                 let size_col = schema.iter().position(|c| c == "size");
                 let mut lines = Lines::open_in(&root, &data.key, data.key.ends_with(".gz")).await.map_err(bad)?;
-                while let Some((number, line)) = lines.next().await.map_err(bad)? {
+                while let Some((number, line)) = lines.next_text().await.map_err(bad)? {
                     let at = |reason: String| bad(format!("{uri}: line {number}: {reason}"));
-                    let line = std::str::from_utf8(line).map_err(|e| at(format!("is not UTF-8 ({e})")))?;
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    if line.is_empty() {
-                        continue;
-                    }
                     let fields = csv_fields(line).map_err(at)?;
                     let (key, size) = key_and_size(&fields, key_col, size_col).map_err(at)?;
                     let key = decode_inventory_key(&key).map_err(at)?;
@@ -427,7 +433,7 @@ async fn read_inventory_parquet(
         let keys = batch.column_by_name(fields[key_col].name()).expect("projected").clone();
         let sizes = size_col.map(|i| batch.column_by_name(fields[i].name()).expect("projected").clone());
         for row in 0..batch.num_rows() {
-            let Some(k) = string_value(&keys, row) else {
+            let Some(k) = super::packed::key_value(&keys, row) else {
                 return Err(format!("{uri}: row group {}: the key of a row is null or not a string", row));
             };
             let s = sizes.as_ref().and_then(|c| int_value(c, row)).unwrap_or(0);
@@ -437,18 +443,6 @@ async fn read_inventory_parquet(
         }
     }
     Ok(Ok(()))
-}
-
-fn string_value(col: &ArrayRef, i: usize) -> Option<String> {
-    if col.is_null(i) {
-        return None;
-    }
-    Some(match col.data_type() {
-        DataType::Utf8 => col.as_string::<i32>().value(i).to_owned(),
-        DataType::LargeUtf8 => col.as_string::<i64>().value(i).to_owned(),
-        DataType::Utf8View => col.as_string_view().value(i).to_owned(),
-        _ => return None,
-    })
 }
 
 fn int_value(col: &ArrayRef, i: usize) -> Option<u64> {

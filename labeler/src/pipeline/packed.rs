@@ -528,8 +528,8 @@ pub(super) async fn plan_parquet(
         .collect())
 }
 
-/// The string value of row `i` of a key column, `None` when null.
-fn key_value(col: &ArrayRef, i: usize) -> Option<String> {
+/// The string value of row `i` of a key column (a string, or an integer written out), `None` when null.
+pub(super) fn key_value(col: &ArrayRef, i: usize) -> Option<String> {
     if col.is_null(i) {
         return None;
     }
